@@ -21,6 +21,7 @@ strings, lists, dicts)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -147,10 +148,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
