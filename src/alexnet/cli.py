@@ -36,10 +36,93 @@ def add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
 
+# --------------------------------------------------------------------------- data
+# `alexnet data <sub>`: one group; each entry of DATA_COMMANDS registers one sub-command
+# on the group's sub-parsers object (append yours there).
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from alexnet.data.prepared import prepare_dataset
+
+    prepare_dataset(
+        args.src,
+        args.out,
+        size=args.size,
+        fmt=args.format,
+        quality=args.quality,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        split=args.split,
+        compute_statistics=not args.no_stats,
+    )
+    return 0
+
+
+def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "prepare",
+        help="convert a folder dataset to the fast prepared format (SxS images in shards + index)",
+        description="Resize every image (shorter side to S, central SxS patch, as in the paper), pack "
+        "them into a few large shard files with a JSON index (checksums, classes, counts) and store "
+        "the mean image and RGB PCA of the training split. Interrupt and rerun to resume.",
+    )
+    p.add_argument("src", help="folder dataset: ImageNet layout (train/, val/), ILSVRC val, or class folders")
+    p.add_argument("out", help="output directory of the prepared dataset")
+    p.add_argument("--size", type=int, default=256, help="stored side S (default 256, the paper's)")
+    p.add_argument("--format", choices=("jpeg", "raw"), default="jpeg", help="JPEG (small) or raw uint8 (fastest)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--shard-size", type=int, default=None, help="images per shard (default: about 1 GiB per shard)")
+    p.add_argument("--split", action="append", default=None, help="only these splits (repeatable; default: all found)")
+    p.add_argument("--no-stats", action="store_true", help="skip the mean image / PCA statistics")
+    p.set_defaults(func=cmd_data_prepare)
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from alexnet.data.prepared import stats_command
+
+    stats_command(args.dir, split=args.split, max_images=args.max_images)
+    return 0
+
+
+def add_data_stats(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser("stats", help="compute and store the mean image and RGB PCA of a dataset's training split")
+    p.add_argument("dir", help="prepared dataset or folder dataset")
+    p.add_argument("--split", default="train")
+    p.add_argument("--max-images", type=int, default=None, help="use at most this many images (default: all)")
+    p.set_defaults(func=cmd_data_stats)
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from alexnet.data.prepared import info_command
+
+    info_command(args.dir, verify=args.verify)
+    return 0
+
+
+def add_data_info(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser("info", help="print a dataset's splits, counts, classes and statistics")
+    p.add_argument("dir", help="prepared dataset or folder dataset")
+    p.add_argument("--verify", action="store_true", help="verify every shard's sha256 checksum")
+    p.set_defaults(func=cmd_data_info)
+
+
+# Each entry takes the `data` group's sub-parsers object and adds one sub-command.
+DATA_COMMANDS = [add_data_prepare, add_data_stats, add_data_info]
+
+
+def add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="datasets: prepare, statistics, info, synthetic data, downloads")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    for add in DATA_COMMANDS:
+        add(dsub)
+    p.set_defaults(func=lambda args: p.print_help() or 0)
+
+
 # --------------------------------------------------------------------------- parser
 
 # Each entry adds one command (or group) to the parser. Later modules append theirs here.
-COMMANDS = [add_models]
+COMMANDS = [add_models, add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:
