@@ -1,0 +1,132 @@
+"""Checkpoints: atomic writes, integrity, refusal of unsafe pickles, torchvision weights."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet import create_model
+from alexnet.checkpoint import (
+    CheckpointError,
+    ModelMeta,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    save_safetensors,
+)
+from alexnet.data.stats import DatasetStats
+
+
+def tiny_meta(num_classes: int = 3) -> ModelMeta:
+    return ModelMeta(
+        model="alexnet_small",
+        num_classes=num_classes,
+        classes=[f"c{i}" for i in range(num_classes)],
+        class_names=[f"class {i}" for i in range(num_classes)],
+        image_size=36,
+        input_size=32,
+        norm_mode="channel",
+        stats=DatasetStats.imagenet_fallback(),
+        options={"width": 0.125},
+    )
+
+
+@pytest.fixture
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("alexnet_small", num_classes=3, width=0.125).eval()
+
+
+def test_round_trip(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = save_checkpoint(tmp_path / "ck.pt", tiny_model.state_dict(), tiny_meta(), train_state={"epoch": 3})
+    ck = load_checkpoint(path)
+    assert ck["train_state"]["epoch"] == 3
+    model, meta = load_model(path)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), tiny_model(x))
+    assert meta.class_names[2] == "class 2"
+    assert tuple(meta.eval_transform()(torch.zeros(1, 3, 36, 36, dtype=torch.uint8)).shape) == (1, 3, 32, 32)
+
+
+def test_tampered_file_fails_integrity(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = save_checkpoint(tmp_path / "ck.pt", tiny_model.state_dict(), tiny_meta())
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["fc8.bias"] += 1.0  # altered after writing, digest left as it was
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="integrity"):
+        load_checkpoint(path)
+
+
+@pytest.mark.reliability
+def test_truncated_and_empty_files_are_refused(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = save_checkpoint(tmp_path / "ck.pt", tiny_model.state_dict(), tiny_meta())
+    data = path.read_bytes()
+    for cut in (0, 100, len(data) // 2, len(data) - 10):
+        bad = tmp_path / f"cut{cut}.pt"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError):
+            load_model(bad)
+
+
+class _Evil:
+    def __reduce__(self):  # runs os.system on unpickling with weights_only=False
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.reliability
+def test_malicious_pickle_is_refused_without_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "alexnet-checkpoint", "version": 1, "model": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_model(path)
+    assert not (tmp_path / "pwned").exists()
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(CheckpointError):
+        load_model(raw)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.reliability
+def test_crash_during_write_keeps_previous(tmp_path: Path, tiny_model: torch.nn.Module, monkeypatch) -> None:
+    path = save_checkpoint(tmp_path / "ck.pt", tiny_model.state_dict(), tiny_meta(), train_state={"step": 1})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, tiny_model.state_dict(), tiny_meta(), train_state={"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["train_state"]["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary file left behind
+
+
+def test_torchvision_weights_load_into_owt(tmp_path: Path) -> None:
+    tv = create_model("alexnet_owt").state_dict()
+    path = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(tv, path)
+    model, meta = load_model(path)
+    assert meta.model == "alexnet_owt" and meta.num_classes == 1000
+    assert torch.equal(model.state_dict()["classifier.6.bias"], tv["classifier.6.bias"])
+
+
+def test_safetensors_round_trip(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = save_safetensors(tmp_path / "model.safetensors", tiny_model.state_dict(), tiny_meta())
+    model, meta = load_model(path)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(model(x), tiny_model(x))
+    assert meta.options == {"width": 0.125}
+
+
+def test_wrong_weights_are_explained(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"layer.weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="neither"):
+        load_model(path)
