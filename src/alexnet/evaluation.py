@@ -1,0 +1,399 @@
+"""Evaluation: top-1/top-5, centre and ten-crop testing, ensembles, confusion matrix.
+
+The shared inference pieces live here so that every consumer (``alexnet evaluate``,
+``predict``, ``report``, the retrieval index, the explorer) feeds images to a model
+exactly the way training did:
+
+* :func:`class_probs`: uint8 batch ``[B, 3, S, S]`` -> softmax ``[B, C]``; with ten crops
+  the softmax is averaged over the ten patches, as in the paper.
+* :func:`dataset_probs`: the same over a whole dataset, averaging the softmax over the
+  models of an ensemble (the paper's "5 CNNs" row).
+* :func:`evaluate` -> :class:`EvalResult` (errors, per-class accuracy, confusion matrix).
+* :func:`predict_images` -> top-k labels with probabilities for individual images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alexnet.checkpoint import ModelMeta
+
+ModelAndMeta = tuple[nn.Module, ModelMeta]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def iter_batches(dataset: Any, batch_size: int = 128, num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(uint8 [B, 3, S, S], int64 [B])`` batches of ``dataset`` in index order."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False
+    )
+    for images, labels in loader:
+        yield images, torch.as_tensor(labels, dtype=torch.int64)
+
+
+def fit_images(images: Tensor, size: int) -> Tensor:
+    """Bring a uint8 ``[B, 3, H, W]`` batch to the model's stored side ``size``.
+
+    Images already at ``size`` pass through untouched (the normal case). Otherwise the
+    shorter side is resized to ``size`` (antialiased) and the central square kept, the
+    paper's rule, so a dataset stored at another side still evaluates correctly.
+    """
+    h, w = images.shape[-2:]
+    if h == size and w == size:
+        return images
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(images.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[:, :, top : top + size, left : left + size].round().clamp_(0, 255).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------- probabilities
+
+
+class Predictor:
+    """One model with its test-time transform, on one device: uint8 batches -> softmax."""
+
+    def __init__(self, model: nn.Module, meta: ModelMeta, crops: int = 1, device: torch.device | str | None = None):
+        if crops not in (1, 10):
+            raise ValueError(f"crops must be 1 (centre) or 10 (corners + centre, mirrored), got {crops}")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.crops = crops
+        self.transform = meta.eval_transform(ten_crop=crops == 10).to(self.device)
+
+    @torch.inference_mode()
+    def probs(self, images: Tensor) -> Tensor:
+        """Softmax ``[B, C]`` (float32, on the predictor's device) for a uint8 batch."""
+        x = self.transform(fit_images(images.to(self.device, non_blocking=True), self.meta.image_size))
+        if x.dim() == 5:  # [B, 10, 3, c, c]: average the softmax over the ten patches
+            b, n = x.shape[:2]
+            return F.softmax(self.model(x.flatten(0, 1)).float(), dim=1).view(b, n, -1).mean(1)
+        return F.softmax(self.model(x).float(), dim=1)
+
+    @torch.inference_mode()
+    def features(self, images: Tensor, layer: str = "fc7") -> Tensor:
+        """Activations of ``layer`` (flattened, float32) for the centre crop of a uint8 batch."""
+        transform = self.transform if self.crops == 1 else self.meta.eval_transform().to(self.device)
+        x = transform(fit_images(images.to(self.device, non_blocking=True), self.meta.image_size))
+        return self.model.forward_layers(x, [layer])[layer].flatten(1).float()
+
+
+def class_probs(
+    model: nn.Module, meta: ModelMeta, images: Tensor, crops: int = 1, device: torch.device | str | None = None
+) -> Tensor:
+    """Softmax ``[B, C]`` for a uint8 ``[B, 3, S, S]`` batch (ten crops: averaged softmax)."""
+    return Predictor(model, meta, crops, device).probs(images)
+
+
+def check_ensemble(metas: Sequence[ModelMeta]) -> None:
+    """An ensemble averages probabilities over the same classes, so they must match exactly."""
+    first = metas[0].classes
+    for i, meta in enumerate(metas[1:], start=1):
+        if meta.classes != first:
+            raise ValueError(
+                f"ensemble member {i} predicts different classes ({meta.num_classes} classes, "
+                f"first {meta.classes[:3]}) than member 0 ({len(first)} classes, first {first[:3]})"
+            )
+
+
+def label_map(dataset_classes: Sequence[str], model_classes: Sequence[str]) -> Tensor:
+    """Index in the model's output for each of the dataset's classes.
+
+    A dataset may hold a subset of the model's classes (e.g. a few ImageNet synsets);
+    a class the model cannot predict makes the evaluation meaningless and is an error.
+    """
+    position = {c: i for i, c in enumerate(model_classes)}
+    missing = [c for c in dataset_classes if c not in position]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of the dataset's {len(dataset_classes)} classes are unknown to the model "
+            f"(e.g. {missing[:3]}); the model knows {len(model_classes)} classes (e.g. {list(model_classes[:3])})"
+        )
+    return torch.tensor([position[c] for c in dataset_classes], dtype=torch.int64)
+
+
+@torch.inference_mode()
+def dataset_probs(
+    models: Sequence[ModelAndMeta],
+    dataset: Any,
+    crops: int = 1,
+    batch_size: int = 128,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(probs [B, C], labels [B])`` batches over ``dataset``, averaged over the ensemble.
+
+    Labels are mapped into the models' class space (see :func:`label_map`). Each member
+    uses its own preprocessing (statistics, crop size), so differently trained models mix.
+    """
+    if not models:
+        raise ValueError("no model to evaluate")
+    check_ensemble([meta for _, meta in models])
+    predictors = [Predictor(m, meta, crops, device) for m, meta in models]
+    mapping = label_map(list(dataset.classes), models[0][1].classes)
+    batches = iter_batches(dataset, batch_size, num_workers)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, total=math.ceil(len(dataset) / batch_size), unit="batch", desc="evaluate")
+    for images, labels in batches:
+        probs = predictors[0].probs(images)
+        for p in predictors[1:]:
+            probs = probs + p.probs(images).to(probs.device)
+        yield probs / len(predictors), mapping[labels].to(probs.device)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalResult:
+    """Accuracy figures of one model or ensemble on one dataset split.
+
+    ``confusion[t, p]`` counts images of true class t predicted (top-1) as p, in the model's
+    class space. ``top_idx``/``top_prob`` keep each image's top-5 for reports.
+    """
+
+    num_images: int
+    top1: float  # accuracy, fraction 0..1
+    top5: float
+    classes: list[str]
+    class_names: list[str]
+    confusion: Tensor  # int64 [C, C]
+    crops: int = 1
+    models: list[str] = field(default_factory=list)
+    top_idx: Tensor | None = None  # int64 [N, k]
+    top_prob: Tensor | None = None  # float32 [N, k]
+    labels: Tensor | None = None  # int64 [N], model class space
+
+    @property
+    def top1_error(self) -> float:
+        return 1.0 - self.top1
+
+    @property
+    def top5_error(self) -> float:
+        return 1.0 - self.top5
+
+    @property
+    def class_counts(self) -> Tensor:
+        return self.confusion.sum(1)
+
+    @property
+    def per_class(self) -> list[float | None]:
+        """Top-1 accuracy per class (None for classes with no images)."""
+        counts = self.class_counts
+        correct = self.confusion.diagonal()
+        return [c / n if n else None for c, n in zip(correct.tolist(), counts.tolist(), strict=True)]
+
+    def to_dict(self, confusion: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "num_images": self.num_images,
+            "crops": self.crops,
+            "models": self.models,
+            "top1_accuracy": self.top1,
+            "top5_accuracy": self.top5,
+            "top1_error": self.top1_error,
+            "top5_error": self.top5_error,
+            "per_class": [
+                {"class": c, "name": n, "images": k, "accuracy": a}
+                for c, n, k, a in zip(
+                    self.classes, self.class_names, self.class_counts.tolist(), self.per_class, strict=True
+                )
+                if k
+            ],
+        }
+        if confusion:
+            d["classes"] = self.classes
+            d["confusion"] = self.confusion.tolist()
+        return d
+
+    def format_table(self, max_classes: int = 20) -> str:
+        """Human-readable summary: the paper's error figures, then per-class accuracy."""
+        what = " + ".join(Path(m).name for m in self.models) or "model"
+        lines = [
+            f"{what}: {self.num_images:,} images, {'10-crop' if self.crops == 10 else 'centre crop'}",
+            "",
+            f"{'':8}{'accuracy':>10}{'error':>10}",
+            f"{'top-1':8}{self.top1 * 100:>9.2f}%{self.top1_error * 100:>9.2f}%",
+            f"{'top-5':8}{self.top5 * 100:>9.2f}%{self.top5_error * 100:>9.2f}%",
+        ]
+        rows = [
+            (n, k, a)
+            for n, k, a in zip(self.class_names, self.class_counts.tolist(), self.per_class, strict=True)
+            if k
+        ]
+        if rows:
+            rows.sort(key=lambda r: r[2])
+            shown = rows if len(rows) <= max_classes else [*rows[:max_classes // 2], None, *rows[-max_classes // 2:]]
+            width = min(40, max(len(r[0]) for r in rows))
+            lines += ["", f"{'class':<{width}}  {'images':>7}  {'top-1 acc':>9}"]
+            for r in shown:
+                if r is None:
+                    lines.append(f"{'...':<{width}}  ({len(rows) - max_classes} classes omitted; worst and best shown)")
+                else:
+                    lines.append(f"{r[0][:width]:<{width}}  {r[1]:>7}  {r[2] * 100:>8.2f}%")
+        return "\n".join(lines)
+
+
+def evaluate(
+    models: Sequence[ModelAndMeta] | ModelAndMeta,
+    dataset: Any,
+    crops: int = 1,
+    batch_size: int = 128,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+    names: Sequence[str] = (),
+) -> EvalResult:
+    """Top-1/top-5 accuracy, per-class accuracy and the confusion matrix of a model or ensemble."""
+    if isinstance(models, tuple) and len(models) == 2 and isinstance(models[0], nn.Module):
+        models = [models]
+    models = list(models)
+    meta = models[0][1]
+    c = meta.num_classes
+    k = min(5, c)
+    confusion = torch.zeros(c * c, dtype=torch.int64)
+    top1 = top5 = n = 0
+    idx_parts, prob_parts, label_parts = [], [], []
+    for probs, labels in dataset_probs(models, dataset, crops, batch_size, device, num_workers, progress):
+        top_prob, top_idx = probs.topk(k, dim=1)
+        hit = top_idx == labels.unsqueeze(1)
+        top1 += int(hit[:, 0].sum())
+        top5 += int(hit.any(1).sum())
+        n += labels.numel()
+        confusion += torch.bincount((labels * c + top_idx[:, 0]).cpu(), minlength=c * c)
+        idx_parts.append(top_idx.cpu())
+        prob_parts.append(top_prob.cpu())
+        label_parts.append(labels.cpu())
+    if n == 0:
+        raise ValueError("the dataset has no images to evaluate")
+    return EvalResult(
+        num_images=n,
+        top1=top1 / n,
+        top5=top5 / n,
+        classes=list(meta.classes),
+        class_names=list(meta.class_names),
+        confusion=confusion.view(c, c),
+        crops=crops,
+        models=[str(x) for x in names],
+        top_idx=torch.cat(idx_parts),
+        top_prob=torch.cat(prob_parts),
+        labels=torch.cat(label_parts),
+    )
+
+
+# --------------------------------------------------------------------------- single images
+
+
+class Prediction(NamedTuple):
+    """One ranked label: model output index, class id (e.g. synset), readable name, probability."""
+
+    index: int
+    class_id: str
+    name: str
+    prob: float
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be used (missing, not an image, truncated, ...)."""
+
+
+def load_image(source: str | Path | bytes, size: int) -> Tensor:
+    """Decode one image to uint8 ``[3, size, size]`` (shorter side to ``size``, central square).
+
+    Raises :class:`ImageLoadError` with the reason for anything that is not a usable image.
+    """
+    import numpy as np
+
+    from alexnet.data.decode import DecodeError, decode_image, read_image, resize_center_crop
+
+    try:
+        if isinstance(source, bytes):
+            array = decode_image(source, min_side=size)
+        else:
+            array = read_image(source, min_side=size)
+    except DecodeError as exc:
+        name = "uploaded image" if isinstance(source, bytes) else str(source)
+        raise ImageLoadError(f"{name}: {exc}") from None
+    patch = resize_center_crop(array, size).transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(patch))
+
+
+def predict_images(
+    model: nn.Module,
+    meta: ModelMeta,
+    images: Sequence[Tensor | str | Path] | Tensor,
+    k: int = 5,
+    crops: int = 1,
+    device: torch.device | str | None = None,
+) -> list[list[Prediction]]:
+    """Top-``k`` labels with probabilities for each image.
+
+    ``images``: uint8 tensors ``[3, H, W]`` (any side; brought to the model's) or a uint8
+    batch, or file paths (decoded with :func:`load_image`; a bad file raises
+    :class:`ImageLoadError`, see :func:`predict_files` for per-file errors).
+    """
+    if isinstance(images, Tensor) and images.dim() == 4:
+        batch = fit_images(images, meta.image_size)
+    else:
+        tensors = [
+            fit_images(im.unsqueeze(0), meta.image_size)[0] if isinstance(im, Tensor) else load_image(im, meta.image_size)
+            for im in images
+        ]
+        if not tensors:
+            return []
+        batch = torch.stack(tensors)
+    if batch.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8, got {batch.dtype}")
+    probs = class_probs(model, meta, batch, crops, device).cpu()
+    top_prob, top_idx = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [
+        [Prediction(i, meta.classes[i], meta.class_names[i], p) for i, p in zip(ti.tolist(), tp.tolist(), strict=True)]
+        for ti, tp in zip(top_idx, top_prob, strict=True)
+    ]
+
+
+def predict_files(
+    model: nn.Module,
+    meta: ModelMeta,
+    paths: Sequence[str | Path],
+    k: int = 5,
+    crops: int = 1,
+    device: torch.device | str | None = None,
+    batch_size: int = 64,
+) -> list[dict[str, Any]]:
+    """Per file: ``{"path", "top": [Prediction, ...]}`` or ``{"path", "error": reason}``.
+
+    A bad file never stops the others: it is reported with the decoder's reason.
+    """
+    out: list[dict[str, Any]] = []
+    good: list[tuple[int, Tensor]] = []
+    for p in paths:
+        try:
+            good.append((len(out), load_image(p, meta.image_size)))
+            out.append({"path": str(p)})
+        except ImageLoadError as exc:
+            out.append({"path": str(p), "error": str(exc)})
+    for start in range(0, len(good), batch_size):
+        chunk = good[start : start + batch_size]
+        preds = predict_images(model, meta, torch.stack([t for _, t in chunk]), k, crops, device)
+        for (i, _), top in zip(chunk, preds, strict=True):
+            out[i]["top"] = top
+    return out
