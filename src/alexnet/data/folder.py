@@ -1,0 +1,415 @@
+"""Folder datasets: ImageNet layout, plain class folders, the official ILSVRC validation set.
+
+Layouts recognised by :func:`open_dataset`:
+
+* a prepared dataset (``index.json``, see :mod:`alexnet.data.prepared`);
+* ImageNet layout: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` (classes are the
+  sorted sub-folder names of ``train/``, so a synset folder gets its standard index);
+* the official ILSVRC validation layout: ``ROOT/val/*.JPEG`` flat, with either
+  ``LOC_val_solution.csv`` (Kaggle / ILSVRC 2015 format) or the devkit's
+  ``ILSVRC2012_validation_ground_truth.txt`` (1-based ILSVRC ids, one line per image in
+  file-name order) plus the id-to-synset table (``map_clsloc.txt``, or ``meta.mat`` when
+  scipy is installed) somewhere under ``ROOT``;
+* a plain class-folder directory ``ROOT/<class>/*`` (any split name opens it).
+
+Bad files. Every item is ``(uint8 [3, S, S], label)``. At index time each file's header
+is probed (cheap: no pixel decode), which catches empty files, non-images and
+decompression bombs; they are left out and listed in ``.bad_files``. Damage that only
+shows when decoding (truncated or corrupt pixel data) is found in ``__getitem__``: the
+file is recorded in ``.bad_files`` of that process (with a warning, since DataLoader
+workers are separate processes) and the next good item is returned *with its own label*,
+so a bad file can cost a duplicate but never a wrong label. ``validate="full"`` decodes
+everything up front instead, and ``alexnet data prepare`` does that once for good.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from alexnet.data.decode import DecodeError, image_paths, is_image_file, load_resized, probe_image
+from alexnet.data.imagenet import IMAGENET_SYNSETS, readable_name
+from alexnet.data.stats import DatasetStats, StatsAccumulator
+
+INDEX_FILE = "index.json"  # marks a prepared dataset (alexnet.data.prepared)
+STATS_FILE = "stats.safetensors"  # where `alexnet data stats` stores a folder dataset's statistics
+CLASS_NAMES_FILE = "class_names.json"  # optional {class folder: readable name} beside the splits
+STATS_SAMPLE = 500  # images used to estimate statistics of a raw folder without stored ones
+SMALL_IMAGE = 64  # datasets whose images are all at most this side keep their native size
+
+
+class DatasetError(ValueError):
+    """A dataset path or layout that cannot be used (message says why)."""
+
+
+def class_folders(root: Path) -> list[str]:
+    """Sorted names of the non-hidden sub-directories of ``root``."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files_in(folder: Path) -> list[Path]:
+    """Image files under a class folder (recursively; symlinks followed), sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f))
+    return sorted(out)
+
+
+def _load_class_names(roots: Sequence[Path], classes: Sequence[str]) -> list[str]:
+    names: dict[str, str] = {}
+    for root in roots:
+        f = root / CLASS_NAMES_FILE
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+                if isinstance(data, dict):
+                    names.update({str(k): str(v) for k, v in data.items()})
+            except (OSError, ValueError) as exc:
+                warnings.warn(f"ignoring unreadable {f}: {exc}", stacklevel=2)
+            break
+    return [names.get(c, readable_name(c)) for c in classes]
+
+
+def infer_image_size(paths: Sequence[Path], default: int = 256, probe: int = 16) -> int:
+    """Native side for small-image datasets (CIFAR: 32), else the paper's 256."""
+    sides = []
+    step = max(1, len(paths) // probe)
+    for p in list(paths)[::step][:probe]:
+        try:
+            sides.append(probe_image(p))
+        except DecodeError:
+            continue
+    if sides and max(max(s) for s in sides) <= SMALL_IMAGE:
+        return min(min(s) for s in sides)
+    return default
+
+
+class FolderDataset(Dataset):
+    """A list of ``(file, label)`` decoded on access to the paper's ``S`` x ``S`` patch."""
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
+        class_names: Sequence[str] | None = None,
+        image_size: int | None = None,
+        *,
+        root: Path | None = None,
+        validate: str = "header",
+        bad_files: Sequence[tuple[str, str]] = (),
+        stats_fn: Callable[[], DatasetStats] | None = None,
+    ) -> None:
+        if validate not in ("none", "header", "full"):
+            raise ValueError(f"validate must be none|header|full, got {validate!r}")
+        self.classes = list(classes)
+        self.class_names = list(class_names) if class_names is not None else [readable_name(c) for c in classes]
+        self.root = root
+        self.bad_files: list[tuple[str, str]] = list(bad_files)
+        samples = [(Path(p), int(y)) for p, y in samples]
+        if image_size is None:
+            image_size = infer_image_size([p for p, _ in samples])
+        self.image_size = int(image_size)
+        if validate != "none":
+            good = []
+            for p, y in samples:
+                try:
+                    if validate == "full":
+                        load_resized(p, self.image_size)
+                    else:
+                        probe_image(p)
+                    good.append((p, y))
+                except DecodeError as exc:
+                    self.bad_files.append((str(p), exc.reason))
+            samples = good
+        self.samples = samples
+        self._stats: DatasetStats | None = None
+        self._stats_fn = stats_fn
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [y for _, y in self.samples]
+
+    def path_of(self, i: int) -> str:
+        return str(self.samples[i][0])
+
+    def load(self, i: int) -> tuple[Tensor, int]:
+        """Item ``i`` or :class:`DecodeError` (no substitution)."""
+        path, label = self.samples[i]
+        return load_resized(path, self.image_size), label
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        n = len(self.samples)
+        for k in range(min(n, 64)):
+            j = (i + k) % n
+            try:
+                return self.load(j)
+            except DecodeError as exc:
+                entry = (self.path_of(j), exc.reason)
+                if entry not in self.bad_files:
+                    self.bad_files.append(entry)
+                    warnings.warn(f"skipping bad image {entry[0]} ({exc})", stacklevel=2)
+        raise RuntimeError(f"no decodable image among 64 items from index {i}")
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """``(uint8 [B, 3, S, S], int64 [B])`` for a list of indices."""
+        items = [self[i] for i in indices]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
+
+    # ------------------------------------------------------------------ statistics
+    @property
+    def stats(self) -> DatasetStats:
+        """Stored statistics (``stats.safetensors`` from ``alexnet data stats``) if present,
+        else an estimate from an evenly spaced sample of ``STATS_SAMPLE`` training images
+        (computed once), else the ImageNet constants for an empty dataset."""
+        if self._stats is None:
+            self._stats = self._stats_fn() if self._stats_fn is not None else self.compute_stats(STATS_SAMPLE)
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: DatasetStats) -> None:
+        self._stats = value
+
+    def compute_stats(self, max_images: int | None = None, batch: int = 64) -> DatasetStats:
+        n = len(self)
+        if n == 0:
+            return DatasetStats.imagenet_fallback()
+        m = n if max_images is None else min(n, max_images)
+        idx = [int(i * n / m) for i in range(m)]
+        acc = StatsAccumulator()
+        for s in range(0, m, batch):
+            acc.update(self.get_batch(idx[s : s + batch])[0])
+        return acc.finish()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.root}, {len(self)} images, {len(self.classes)} classes, "
+            f"S={self.image_size}, {len(self.bad_files)} bad files)"
+        )
+
+
+# ---------------------------------------------------------------------- constructors
+
+
+def class_folder_dataset(
+    root: str | os.PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    image_size: int | None = None,
+    validate: str = "header",
+    stats_fn: Callable[[], DatasetStats] | None = None,
+) -> FolderDataset:
+    """``root/<class>/**/*.ext``; labels index ``classes`` (default: the sorted folder names)."""
+    root = Path(root)
+    found = class_folders(root)
+    if classes is None:
+        classes = found
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DatasetError(f"{root} has class folders not in the training classes: {unknown[:5]}")
+    index = {c: i for i, c in enumerate(classes)}
+    samples = [(p, index[c]) for c in found for p in _files_in(root / c)]
+    if not samples:
+        raise DatasetError(f"no images found in class folders under {root}")
+    names = _load_class_names([root, root.parent], classes)
+    return FolderDataset(
+        samples, classes, names, image_size, root=root, validate=validate, stats_fn=stats_fn
+    )
+
+
+GROUND_TRUTH_NAMES = ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt")
+ID_MAP_NAMES = ("map_clsloc.txt", "meta.mat")
+
+
+def _find(root: Path, names: Sequence[str], depth: int = 3) -> Path | None:
+    for name in names:
+        for d in range(depth + 1):
+            hits = sorted(root.glob("/".join(["*"] * d + [name])))
+            if hits:
+                return hits[0]
+    return None
+
+
+def _ilsvrc_id_to_synset(path: Path) -> dict[int, str]:
+    """ILSVRC2012 id (1-based, devkit order) -> synset, from map_clsloc.txt or meta.mat."""
+    if path.suffix == ".mat":
+        try:
+            from scipy.io import loadmat  # optional: only for the original devkit file
+        except ImportError:
+            raise DatasetError(f"reading {path} needs scipy (pip install scipy), or put map_clsloc.txt beside it") from None
+        synsets = loadmat(str(path), squeeze_me=True)["synsets"]
+        return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+    out = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            out[int(parts[1])] = parts[0]
+    return out
+
+
+def ilsvrc_val_labels(folder: Path, ground_truth: Path, id_map: Path | None = None) -> dict[str, str]:
+    """File stem -> synset for the official flat validation folder."""
+    if ground_truth.suffix == ".csv":
+        labels = {}
+        with open(ground_truth, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                pred = (row.get("PredictionString") or "").split()
+                if row.get("ImageId") and pred:
+                    labels[row["ImageId"]] = pred[0]
+        return labels
+    if id_map is None:
+        raise DatasetError(
+            f"{ground_truth} holds ILSVRC ids; the id-to-synset table ({' or '.join(ID_MAP_NAMES)}) was not found"
+        )
+    id_to_synset = _ilsvrc_id_to_synset(id_map)
+    ids = [int(t) for t in ground_truth.read_text(encoding="utf-8").split()]
+    files = image_paths(folder)
+    if len(ids) != len(files):
+        raise DatasetError(f"{ground_truth} has {len(ids)} labels but {folder} has {len(files)} images")
+    try:
+        return {p.stem: id_to_synset[k] for p, k in zip(files, ids, strict=True)}
+    except KeyError as exc:
+        raise DatasetError(f"ILSVRC id {exc.args[0]} is not in {id_map}") from None
+
+
+def ilsvrc_val_dataset(
+    folder: str | os.PathLike,
+    ground_truth: str | os.PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    id_map: str | os.PathLike | None = None,
+    image_size: int | None = 256,
+    validate: str = "header",
+    stats_fn: Callable[[], DatasetStats] | None = None,
+) -> FolderDataset:
+    """The official flat validation folder; labels index ``classes`` (default: the 1000 synsets)."""
+    folder = Path(folder)
+    classes = list(classes) if classes is not None else list(IMAGENET_SYNSETS)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = ilsvrc_val_labels(folder, Path(ground_truth), None if id_map is None else Path(id_map))
+    samples, bad = [], []
+    for p in image_paths(folder):
+        synset = labels.get(p.stem)
+        if synset is None or synset not in index:
+            bad.append((str(p), "no_label" if synset is None else f"unknown_class:{synset}"))
+        else:
+            samples.append((p, index[synset]))
+    if not samples:
+        raise DatasetError(f"no labelled images in {folder} (ground truth {ground_truth})")
+    names = _load_class_names([folder.parent], classes)
+    return FolderDataset(
+        samples, classes, names, image_size, root=folder, validate=validate, bad_files=bad, stats_fn=stats_fn
+    )
+
+
+# ---------------------------------------------------------------------- open_dataset
+
+
+def _stored_or_sampled(stats_root: Path, train_fn: Callable[[], FolderDataset | None]) -> Callable[[], DatasetStats]:
+    def load() -> DatasetStats:
+        f = stats_root / STATS_FILE
+        if f.is_file():
+            return load_stats_file(f)
+        train = train_fn()
+        return train.compute_stats(STATS_SAMPLE) if train is not None and len(train) else DatasetStats.imagenet_fallback()
+
+    return load
+
+
+def load_stats_file(path: str | os.PathLike) -> DatasetStats:
+    from safetensors import SafetensorsError
+    from safetensors.torch import load_file
+
+    try:
+        return DatasetStats.from_tensors(load_file(str(path)))
+    except (OSError, SafetensorsError, ValueError) as exc:
+        raise DatasetError(f"cannot read statistics {path}: {exc}") from None
+
+
+def save_stats_file(stats: DatasetStats, path: str | os.PathLike) -> None:
+    from safetensors.torch import save_file
+
+    tmp = Path(str(path) + ".tmp")
+    save_file(stats.to_tensors(), str(tmp))
+    os.replace(tmp, path)
+
+
+def _is_class_dir(d: Path) -> bool:
+    try:
+        return any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir())
+    except OSError:
+        return False
+
+
+def open_dataset(
+    path: str | os.PathLike,
+    split: str | None = "train",
+    *,
+    image_size: int | None = None,
+    validate: str = "header",
+    ground_truth: str | os.PathLike | None = None,
+) -> Dataset:
+    """Open a prepared dataset, an ImageNet folder (``train/``, ``val/``), the official ILSVRC
+    validation folder, or a plain class-folder directory, as a dataset of
+    ``(uint8 [3, S, S], label)`` with ``.classes``, ``.class_names``, ``.image_size``,
+    ``.stats``, ``.bad_files`` and ``.path_of(i)``.
+
+    ``split=None`` (or any split name for a plain class-folder directory) opens ``path`` itself.
+    Statistics come from the training split: stored ones if present, else a sample estimate.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"dataset not found: {root}")
+    if not root.is_dir():
+        raise DatasetError(f"not a dataset directory: {root}")
+    if (root / INDEX_FILE).is_file():
+        from alexnet.data.prepared import PreparedDataset
+
+        return PreparedDataset(root, split or "train")
+
+    split_dir = root / split if split else None
+    if split_dir is not None and split_dir.is_dir():
+        train_dir = root / "train"
+        cache: dict[str, FolderDataset | None] = {}
+
+        def train_fn() -> FolderDataset | None:
+            if "train" not in cache:
+                cache["train"] = (
+                    class_folder_dataset(train_dir, image_size=image_size) if _is_class_dir(train_dir) else None
+                )
+            return cache["train"]
+
+        stats_fn = _stored_or_sampled(root, train_fn)
+        classes = class_folders(train_dir) if split != "train" and _is_class_dir(train_dir) else None
+        if _is_class_dir(split_dir):
+            ds = class_folder_dataset(split_dir, classes=classes, image_size=image_size, validate=validate, stats_fn=stats_fn)
+            if split == "train":
+                cache["train"] = ds
+            return ds
+        gt = Path(ground_truth) if ground_truth else _find(root, GROUND_TRUTH_NAMES)
+        if gt is None:
+            raise DatasetError(
+                f"{split_dir} has no class folders and no ground truth ({' or '.join(GROUND_TRUTH_NAMES)}) under {root}"
+            )
+        id_map = _find(root, ID_MAP_NAMES) if gt.suffix != ".csv" else None
+        return ilsvrc_val_dataset(
+            split_dir, gt, classes=classes, id_map=id_map, image_size=image_size or 256, validate=validate, stats_fn=stats_fn
+        )
+
+    if _is_class_dir(root) and not (root / "train").is_dir():
+        ds = class_folder_dataset(root, image_size=image_size, validate=validate)
+        ds._stats_fn = _stored_or_sampled(root, lambda: ds)
+        return ds
+    raise DatasetError(f"{root}: no split {split!r} and not a class-folder directory")

@@ -1,0 +1,176 @@
+"""Batches for training and evaluation: ``(uint8 [B, 3, S, S], int64 [B])``.
+
+The sampler produces whole batches of indices and the DataLoader hands each batch to a
+worker, which builds it with the dataset's ``get_batch`` (a single memmap gather for
+prepared raw data, JPEG decodes for JPEG shards, file decodes for folders). So per-item
+Python work happens only where there is decoding to do, and augmentation stays on the
+batch (``TrainAugment`` on the device).
+
+Order is a pure function of ``(seed, epoch, rank, world_size)``: the same permutation on
+every rank, padded (or cut, with ``drop_last``) to a multiple of ``world_size`` and dealt
+round-robin, like ``DistributedSampler``. That makes resuming exact: ``set_epoch(epoch,
+start_batch=k)`` yields batches ``k, k+1, ...`` of that epoch, identical to what an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Distributed, deterministic, resumable batches of dataset indices."""
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.num_items, self.batch_size = num_items, batch_size
+        self.shuffle, self.seed, self.rank, self.world_size, self.drop_last = shuffle, seed, rank, world_size, drop_last
+        self.set_epoch(epoch, start_batch)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (reshuffles) and the first batch to yield (for resuming)."""
+        if start_batch < 0 or start_batch > self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} outside 0..{self.batches_per_epoch}")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    @property
+    def items_per_rank(self) -> int:
+        n, w = self.num_items, self.world_size
+        return n // w if self.drop_last else -(-n // w)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        m = self.items_per_rank
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def rank_indices(self) -> Tensor:
+        """This rank's indices for the current epoch, in order (int64)."""
+        n = self.num_items
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        total = self.items_per_rank * self.world_size
+        if total > n:  # pad by repeating from the start, as DistributedSampler does
+            order = torch.cat([order, order.repeat(-(-total // max(n, 1)))[: total - n]])
+        return order[:total][self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        idx = self.rank_indices()
+        b = self.batch_size
+        for k in range(self.start_batch, self.batches_per_epoch):
+            yield idx[k * b : (k + 1) * b].tolist()
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+
+class _Batches(Dataset):
+    """Wraps a dataset so that ``dataset[list_of_indices]`` is a whole collated batch."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        get_batch = getattr(self.dataset, "get_batch", None)
+        if get_batch is not None:
+            return get_batch(indices)
+        items = [self.dataset[i] for i in indices]
+        return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+
+
+class BatchLoader(DataLoader):
+    """A DataLoader over whole batches, with ``set_epoch(epoch, start_batch)`` for exact resume."""
+
+    batch_sampler_: ResumableBatchSampler
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.batch_sampler_.set_epoch(epoch, start_batch)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.batch_sampler_.batches_per_epoch
+
+
+def default_workers() -> int:
+    """Worker processes: the cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+    drop_last: bool | None = None,
+    start_batch: int = 0,
+    pin_memory: bool | None = None,
+    prefetch_factor: int = 2,
+    persistent_workers: bool = True,
+) -> BatchLoader:
+    """DataLoader yielding ``(uint8 [B, 3, S, S], int64 [B])`` for this rank.
+
+    ``drop_last`` defaults to ``shuffle`` (training drops the ragged batch; evaluation
+    keeps every image, and with ``world_size > 1`` pads by repeating a few images, as
+    ``DistributedSampler`` does). ``start_batch`` resumes mid-epoch; later epochs begin
+    at 0 via ``loader.set_epoch(e)``. Memory is pinned when CUDA is available.
+    """
+    if drop_last is None:
+        drop_last = shuffle
+    sampler = ResumableBatchSampler(
+        len(dataset),  # type: ignore[arg-type]
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        start_batch=start_batch,
+        rank=rank,
+        world_size=world_size,
+        drop_last=drop_last,
+    )
+    workers = default_workers() if num_workers is None else num_workers
+    kw = {}
+    if workers > 0:
+        kw = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
+    loader = BatchLoader(
+        _Batches(dataset),
+        batch_size=None,  # the sampler yields whole batches; workers build them
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        **kw,
+    )
+    loader.batch_sampler_ = sampler
+    return loader
