@@ -1,0 +1,115 @@
+"""Helpers shared by the benchmarks: device choice, hardware description, FLOP counts, timing.
+
+The benchmark scripts import this as a sibling module (``bench/`` is put on ``sys.path``
+by the scripts themselves), so they run as ``python bench/<name>.py`` from the project
+root without being part of the installed package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; asking for missing CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but CUDA is not available")
+    return dev
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def describe_hardware(device: torch.device) -> str:
+    """One line naming the accelerator (or CPU and its threads) and the torch build."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        hw = f"{props.name} ({props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs)"
+        extra = f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+    else:
+        hw = f"{cpu_model()} ({torch.get_num_threads()} threads)"
+        extra = ""
+    return f"hardware: {hw}; torch {torch.__version__}{extra}; python {platform.python_version()}"
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth using: CUDA with native bf16, or a CPU with AVX512-BF16/AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        with contextlib.suppress(OSError):
+            flags = Path("/proc/cpuinfo").read_text()
+            return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> int:
+    """FLOPs of one forward pass for one image (multiply-add = 2 FLOPs), by ``FlopCounterMode``.
+
+    Counts the convolutions and matrix products (what the hardware's peak refers to);
+    ReLU, LRN, pooling and dropout are a rounding error next to them. The model is
+    run on a single image in eval mode so that the count is per image.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, *input_shape, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of ``step`` after ``warmup`` untimed calls (device-synchronised)."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / max(steps, 1)
+
+
+@contextlib.contextmanager
+def maybe_autocast(device: torch.device, enabled: bool) -> Iterator[None]:
+    """bf16 autocast on ``device`` when ``enabled`` (weights stay fp32: mixed precision)."""
+    if enabled:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def make_sgd(params, lr: float, *, fast: bool, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum 0.9 and weight decay 5e-4 (the paper's); ``fast`` uses the fused
+    kernel on CUDA (one launch for all parameters) or the foreach path elsewhere."""
+    kwargs: dict[str, object] = {}
+    if fast:
+        kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    else:
+        kwargs = {"foreach": False}
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, **kwargs)

@@ -1,0 +1,135 @@
+"""The benchmark scripts run end to end on the CPU at tiny sizes, so they cannot rot;
+and the fast LRN they rely on equals the paper's formula."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet.layers import LocalResponseNorm, lrn, lrn_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import _common  # noqa: E402
+import train_throughput  # noqa: E402
+
+# --------------------------------------------------------------------------- fast LRN
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
+def test_lrn_equals_reference(size: int) -> None:
+    x = torch.randn(2, 9, 4, 5, dtype=torch.float64) * 20
+    torch.testing.assert_close(lrn(x, size, 1e-4, 0.75, 2.0), lrn_reference(x, size, 1e-4, 0.75, 2.0))
+
+
+def test_lrn_even_window_follows_pytorch() -> None:
+    # The paper's n is odd; for an even n the window is PyTorch's (n//2 before, n//2 - 1 after),
+    # which is what this module computed before the fast path.
+    x = torch.randn(2, 9, 4, 5, dtype=torch.float64) * 20
+    torch.testing.assert_close(lrn(x, 4, 1e-4, 0.75, 2.0), F.local_response_norm(x, 4, 4e-4, 0.75, 2.0))
+
+
+def test_lrn_groups_and_channels_last_and_gradient() -> None:
+    x = (torch.randn(3, 8, 5, 5, dtype=torch.float64) * 20).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y = LocalResponseNorm(groups=2)(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)  # layout is kept
+    expected = torch.cat([lrn_reference(x[:, :4]), lrn_reference(x[:, 4:])], 1)
+    torch.testing.assert_close(y, expected)
+    # Gradients agree with PyTorch's own LRN (alpha scaled by n: its convention).
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    x2 = x.detach().clone().requires_grad_()
+    theirs = F.local_response_norm(x2.reshape(6, 4, 5, 5), 5, 5e-4, 0.75, 2.0).reshape(3, 8, 5, 5)
+    (g2,) = torch.autograd.grad(theirs.square().sum(), x2)
+    torch.testing.assert_close(g, g2)
+
+
+def test_lrn_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="groups"):
+        lrn(torch.zeros(1, 5, 2, 2), groups=2)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        lrn(torch.zeros(5, 2, 2))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_forward_flops_counts_multiply_adds_twice() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
+    conv = 2 * (3 * 3 * 3) * 4 * 6 * 6
+    linear = 2 * 144 * 5
+    assert _common.forward_flops(model, (3, 8, 8)) == conv + linear
+
+
+def test_paper_alexnet_forward_flops() -> None:
+    from alexnet.models import create_model
+
+    with torch.device("meta"):
+        model = create_model("alexnet")
+    # The grouped paper net: 1.449 GFLOP forward, so 4.35 GFLOP per training image at 3x.
+    flops = _common.forward_flops(model, (3, 224, 224), device="meta")
+    assert flops == 1_448_813_632
+    assert round(3 * flops / 1e9, 2) == 4.35
+
+
+def test_describe_hardware_names_cpu_and_torch() -> None:
+    line = _common.describe_hardware(torch.device("cpu"))
+    assert line.startswith("hardware: ") and f"torch {torch.__version__}" in line
+
+
+# --------------------------------------------------------------------------- train_throughput.py
+
+
+def test_train_throughput_cpu_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    results = train_throughput.main(
+        [
+            "--device=cpu",
+            "--model=alexnet_small",
+            '--model-options={"norm": "lrn", "width": 0.25}',
+            "--num-classes=10",
+            "--batch-sizes=2,4",
+            "--steps=2",
+            "--warmup=0",
+            "--no-compile",
+            "--inference",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "hardware:" in out and "forward FLOPs per image:" in out
+    ratios = re.findall(r"ratio: ([0-9.]+)x", out)
+    assert len(ratios) == 2 and all(float(r) > 0 for r in ratios)
+    assert len(re.findall(r"images/s +[0-9.]+ TFLOP/s", out)) == 4
+    assert {(r.path, r.batch_size) for r in results} == {(p, b) for p in ("baseline", "fast") for b in (2, 4)}
+    for r in results:
+        assert r.images_per_s > 0 and r.tflops > 0 and r.inference_images_per_s > 0
+    # The baseline really swapped in PyTorch's LRN; the fast path kept ours.
+    model, _ = train_throughput.build(train_throughput.parse_args(["--device=cpu", "--model=alexnet_small",
+                                      '--model-options={"norm": "lrn"}', "--image-size=32"]), "baseline",
+                                      torch.device("cpu"))
+    assert any(isinstance(m, train_throughput.TorchLRN) for m in model.modules())
+    assert not any(isinstance(m, LocalResponseNorm) for m in model.modules())
+
+
+def test_train_throughput_rejects_bad_arguments() -> None:
+    with pytest.raises(SystemExit):
+        train_throughput.parse_args(["--device=cpu", "--batch-sizes=0"])
+    with pytest.raises(SystemExit):
+        train_throughput.parse_args(["--device=cpu", "--paths=nope"])
+    with pytest.raises(SystemExit):
+        train_throughput.parse_args(["--device=cpu", "--model-options=[1]"])
+
+
+@pytest.mark.slow
+def test_train_throughput_compiled_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """The torch.compile path (C++ codegen on the CPU: about a minute on 2 cores)."""
+    train_throughput.main(
+        ["--device=cpu", "--model=alexnet_small", '--model-options={"norm": "lrn", "width": 0.25}',
+         "--num-classes=10", "--batch-sizes=4", "--steps=2", "--warmup=1", "--paths=fast"]
+    )
+    assert "torch.compile" in capsys.readouterr().out
