@@ -36,13 +36,20 @@ def default_device() -> torch.device:
 # --------------------------------------------------------------------------- batches
 
 
-def iter_batches(dataset: Any, batch_size: int = 128, num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(uint8 [B, 3, S, S], int64 [B])`` batches of ``dataset`` in index order."""
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False
+def iter_batches(
+    dataset: Any, batch_size: int = 128, num_workers: int | None = 0
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(uint8 [B, 3, S, S], int64 [B])`` batches of ``dataset`` in index order, every image once.
+
+    ``num_workers``: decoding processes (None: the data package's default, one per core).
+    """
+    from alexnet.data.loader import make_loader
+
+    loader = make_loader(
+        dataset, batch_size, shuffle=False, drop_last=False, num_workers=num_workers, persistent_workers=False
     )
     for images, labels in loader:
-        yield images, torch.as_tensor(labels, dtype=torch.int64)
+        yield images, labels.to(torch.int64)
 
 
 def fit_images(images: Tensor, size: int) -> Tensor:
@@ -135,7 +142,7 @@ def dataset_probs(
     crops: int = 1,
     batch_size: int = 128,
     device: torch.device | str | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     progress: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(probs [B, C], labels [B])`` batches over ``dataset``, averaged over the ensemble.
@@ -258,7 +265,7 @@ def evaluate(
     crops: int = 1,
     batch_size: int = 128,
     device: torch.device | str | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     progress: bool = False,
     names: Sequence[str] = (),
 ) -> EvalResult:

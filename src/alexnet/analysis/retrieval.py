@@ -148,7 +148,7 @@ class FeatureIndex:
         batch_size: int = 128,
         device: torch.device | str | None = None,
         bits: int = 256,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         progress: bool = False,
         limit: int | None = None,
     ) -> FeatureIndex:
@@ -235,7 +235,9 @@ class FeatureIndex:
             dist, idx = d.topk(min(k + extra, len(self)), dim=1, largest=False)
             dist = dist.clamp_min(0).sqrt()
         if exclude_self:  # drop the first zero-distance hit (the query itself), else the last
-            is_self = dist <= 1e-6
+            # Euclidean distances come from |q|^2 - 2 q.x + |x|^2, so "zero" is relative.
+            tol = 0.5 if binary and rerank == 0 else 1e-3 * q.norm(dim=1, keepdim=True).to(dist.device) + 1e-6
+            is_self = dist <= tol
             drop = is_self & (is_self.cumsum(1) == 1)
             drop[~is_self.any(1), -1] = True
             idx, dist = idx[~drop].view(q.shape[0], -1), dist[~drop].view(q.shape[0], -1)
