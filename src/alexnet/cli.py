@@ -42,19 +42,23 @@ def add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from alexnet.data.folder import DatasetError
     from alexnet.data.prepared import prepare_dataset
 
-    prepare_dataset(
-        args.src,
-        args.out,
-        size=args.size,
-        fmt=args.format,
-        quality=args.quality,
-        workers=args.workers,
-        shard_size=args.shard_size,
-        split=args.split,
-        compute_statistics=not args.no_stats,
-    )
+    try:
+        prepare_dataset(
+            args.src,
+            args.out,
+            size=args.size,
+            fmt=args.format,
+            quality=args.quality,
+            workers=args.workers,
+            shard_size=args.shard_size,
+            split=args.split,
+            compute_statistics=not args.no_stats,
+        )
+    except DatasetError as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 
@@ -79,9 +83,13 @@ def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
+    from alexnet.data.folder import DatasetError
     from alexnet.data.prepared import stats_command
 
-    stats_command(args.dir, split=args.split, max_images=args.max_images)
+    try:
+        stats_command(args.dir, split=args.split, max_images=args.max_images)
+    except DatasetError as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 
@@ -94,9 +102,13 @@ def add_data_stats(dsub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
+    from alexnet.data.folder import DatasetError
     from alexnet.data.prepared import info_command
 
-    info_command(args.dir, verify=args.verify)
+    try:
+        info_command(args.dir, verify=args.verify)
+    except DatasetError as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 

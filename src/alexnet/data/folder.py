@@ -329,13 +329,22 @@ def _stored_or_sampled(stats_root: Path, train_fn: Callable[[], FolderDataset | 
 
 
 def load_stats_file(path: str | os.PathLike) -> DatasetStats:
-    from safetensors import SafetensorsError
+    """Read statistics stored by ``alexnet data stats`` (untrusted: shapes are checked)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return DatasetStats.from_tensors(load_file(str(path)))
-    except (OSError, SafetensorsError, ValueError) as exc:
+        stats = DatasetStats.from_tensors(load_file(str(path)))
+    except (OSError, SafetensorError, ValueError) as exc:
         raise DatasetError(f"cannot read statistics {path}: {exc}") from None
+    shapes = {"mean": (3,), "std": (3,), "eigval": (3,), "eigvec": (3, 3)}
+    bad = [k for k, shape in shapes.items() if tuple(getattr(stats, k).shape) != shape]
+    mi = stats.mean_image
+    if mi is not None and (mi.dim() != 3 or mi.shape[0] != 3):
+        bad.append("mean_image")
+    if bad or not all(torch.isfinite(t).all() for t in stats.to_tensors().values() if t.is_floating_point()):
+        raise DatasetError(f"statistics {path} are malformed ({', '.join(bad) or 'non-finite values'})")
+    return stats
 
 
 def save_stats_file(stats: DatasetStats, path: str | os.PathLike) -> None:
