@@ -1,0 +1,847 @@
+"""The training loop: one process or many (DDP through torchrun), resumable to the exact step.
+
+``train(config)`` runs the paper's recipe (or any :class:`TrainConfig`) and writes a run
+directory (see ``docs/architecture.md``)::
+
+    RUN/config.json  checkpoints/last.pt  checkpoints/best.pt  model.safetensors
+    RUN/metrics.jsonl  tb/  summary.json
+
+Speed. On CUDA: bf16 autocast (fp32 master weights: the parameters and the optimiser stay
+fp32), channels_last, optional ``torch.compile``, pinned host memory with non-blocking
+copies, augmentation on the device. The loss and accuracy are accumulated on the device and
+read back only every ``log_every`` steps, so a step never waits for the GPU otherwise.
+
+Exact resumption. A checkpoint is taken between two optimiser steps and holds the model,
+the optimiser (momentum buffers), the schedule, every RNG (torch CPU and CUDA, Python,
+NumPy and the augmentation generator), the epoch and the index of the next batch. The batch
+order of an epoch depends only on (seed, epoch), so a resumed run skips the batches already
+done and continues with bit-identical state: in deterministic mode its final weights equal
+those of a run that was never interrupted.
+
+Faults. SIGTERM (and SIGINT) ask for a checkpoint at the next step boundary and a clean
+exit. A NaN or infinite loss stops the run with :class:`TrainingError` before anything
+is saved, so the last checkpoint stays the last good one. A failed checkpoint write (a full
+disk) leaves the previous checkpoint untouched (atomic write) and stops with a clear error.
+Under ``torchrun --max-restarts`` a restarted worker resumes from ``last.pt`` by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alexnet.checkpoint import (
+    CheckpointError,
+    ModelMeta,
+    load_checkpoint,
+    save_checkpoint,
+    save_safetensors,
+)
+from alexnet.training import distributed as D
+from alexnet.training.config import ConfigError, TrainConfig
+from alexnet.training.data import EpochBatches, open_splits
+from alexnet.training.schedules import LRSchedule
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, checkpoint not writable, nothing to resume); the
+    message says what happened and what was kept."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (also written as ``RUN/summary.json``)."""
+
+    run_dir: str
+    status: str  # "completed", "interrupted" (signal), "time_limit", "max_steps"
+    epochs: int  # epochs fully completed
+    step: int  # optimiser steps taken in all
+    val_top1: float | None
+    val_top5: float | None
+    val_loss: float | None
+    best_val_top1: float | None
+    train_loss: float | None
+    elapsed_s: float
+    images_per_s: float
+    world_size: int
+    checkpoint: str
+    best_checkpoint: str | None
+    model: str
+    num_classes: int
+    data: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- set-up helpers
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("config key 'device': CUDA was requested but is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def rng_state(aug: torch.Generator) -> dict[str, Any]:
+    """Every random stream the run draws from, as plain data (loads with weights_only=True)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "augment": aug.get_state(),
+        "augment_device": str(aug.device),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], aug: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    aug.set_state(state["augment"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):  # a different GPU count: keep the fresh streams
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def default_crop(model: str, image_size: int, model_input: int) -> int:
+    """The network input side: the model's own (224) for ImageNet nets; 7/8 of small images
+    (32 -> 28, 64 -> 56), the paper's 224/256 ratio, so random crops still translate."""
+    if model == "alexnet_small":
+        return max(8, (image_size * 7 // 8) // 4 * 4)
+    return model_input
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_bias: bool) -> list[dict[str, Any]]:
+    """Weight decay on the weights of convolutions and linear layers (the paper's ``w``); biases
+    and normalisation parameters (1-d tensors) without, unless ``decay_bias``."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if (p.ndim > 1 or decay_bias) else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT -> finish the current step, checkpoint, exit cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if sys.platform != "win32" and _in_main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class RunLog:
+    """metrics.jsonl + TensorBoard, written by rank 0 only. A failing write (full disk) is
+    reported once and then skipped: metrics must never kill a run that can still checkpoint."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None) -> None:
+        self.enabled, self.path, self.tb = enabled, run_dir / "metrics.jsonl", None
+        self._warned = False
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            # Drop what the interrupted run logged after its last checkpoint: those steps are redone.
+            kept = []
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by the kill
+                if isinstance(rec, dict) and rec.get("step", 0) <= resume_step:
+                    kept.append(line)
+            self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+            except Exception as exc:  # tensorboard missing or broken: metrics.jsonl still works
+                print(f"warning: TensorBoard logging disabled ({exc})", file=sys.stderr)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.tb is not None:
+                prefix = "train" if record["kind"] == "step" else "epoch"
+                for key, value in record.items():
+                    if key not in ("kind", "epoch", "step", "time") and isinstance(value, int | float):
+                        self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        except OSError as exc:
+            if not self._warned:
+                print(f"warning: could not write metrics ({exc}); continuing without them", file=sys.stderr)
+                self._warned = True
+
+    def close(self) -> None:
+        if self.tb is not None:
+            with contextlib.suppress(Exception):
+                self.tb.close()
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class Trainer:
+    """One training run. ``Trainer(cfg).fit()``; see :func:`train`."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        train_set: Any = None,
+        val_set: Any = None,
+        resume: bool = False,
+    ) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        env = D.env_info()
+        self.device = resolve_device(cfg.device, env.local_rank)
+        self.dist = D.setup(self.device)
+        if self.dist.enabled and cfg.split_devices:
+            raise ConfigError("config key 'split_devices': the two-device model split cannot be combined with DDP")
+        # A restarted torchrun worker continues from the last checkpoint on its own.
+        self.resume = resume or self.dist.restart_count > 0
+        seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
+        self.is_main = self.dist.is_main
+        self.run_dir = Path(cfg.out)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.last_path, self.best_path = self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt"
+
+        # ---- data
+        if train_set is None:
+            path = cfg.data
+            if path is None:
+                from alexnet.data.synth import ensure_embedded_dataset
+
+                path = str(ensure_embedded_dataset(progress=self.is_main)) if self.is_main else None
+                path = D.broadcast_object(path)
+            self.data_path = str(Path(path).resolve())
+            train_set, val_set, self.held_out = open_splits(self.data_path, cfg.val_split, cfg.val_fraction)
+        else:
+            self.data_path = cfg.data or "<in-memory>"
+            self.held_out = False
+        self.train_set, self.val_set = train_set, val_set
+        if len(train_set) == 0:
+            raise TrainingError(f"{self.data_path}: the training split has no images")
+        self.classes = list(train_set.classes)
+        self.class_names = list(train_set.class_names)
+        self.image_size = int(train_set.image_size)
+        self.stats = train_set.stats
+
+        # ---- model
+        from alexnet.models import list_models
+
+        infos = {m.name: m for m in list_models()}
+        if cfg.model not in infos:
+            raise ConfigError(f"config key 'model': unknown model {cfg.model!r}; choose from {sorted(infos)}")
+        self.crop = cfg.crop or default_crop(cfg.model, self.image_size, infos[cfg.model].input_size)
+        if self.crop > self.image_size:
+            raise ConfigError(
+                f"config key 'crop': {self.crop} px crops do not fit the dataset's {self.image_size} px images "
+                f"(model {cfg.model!r}; use alexnet_small for small images, or set crop)"
+            )
+        options = dict(cfg.model_options)
+        if cfg.model == "alexnet_small":
+            options.setdefault("input_size", self.crop)
+        self.norm_mode = cfg.norm_mode
+        if self.norm_mode == "image" and (
+            self.stats.mean_image is None or tuple(self.stats.mean_image.shape[-2:]) != (self.image_size,) * 2
+        ):
+            if self.is_main:
+                print("note: no mean image for this dataset; normalising per channel instead", file=sys.stderr)
+            self.norm_mode = "channel"
+        self.meta = ModelMeta(
+            model=cfg.model,
+            num_classes=len(self.classes),
+            classes=self.classes,
+            class_names=self.class_names,
+            image_size=self.image_size,
+            input_size=self.crop,
+            norm_mode=self.norm_mode,
+            stats=self.stats,
+            options=options,
+        )
+        from alexnet.models import create_model
+
+        self.split = bool(cfg.split_devices)
+        try:
+            if self.split:
+                if cfg.model != "alexnet":
+                    raise ConfigError("config key 'split_devices': only the 'alexnet' model has the two-device split")
+                model = create_model("alexnet", num_classes=len(self.classes), devices=cfg.split_devices, **options)
+                self.device = model.devices[0]
+            else:
+                model = create_model(cfg.model, num_classes=len(self.classes), **options).to(self.device)
+        except TypeError as exc:
+            raise ConfigError(f"config key 'model_options': {exc}") from None
+        on_cuda = self.device.type == "cuda"
+        self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
+        if self.channels_last and not self.split:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model  # the plain module: state dicts, evaluation
+        self.amp_dtype = torch.bfloat16 if (cfg.amp == "bf16" or (cfg.amp == "auto" and on_cuda)) else None
+        net: nn.Module = model
+        if self.dist.enabled:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if on_cuda else None)
+        if cfg.compile:
+            net = torch.compile(net)
+        self.net = net
+
+        from alexnet.data.transforms import EvalTransform, TrainAugment
+
+        self.augment = TrainAugment(
+            self.crop, self.stats, self.norm_mode, lighting=cfg.lighting, flip=cfg.flip, random_crop=cfg.random_crop
+        ).to(self.device)
+        self.eval_tf = EvalTransform(self.crop, self.stats, self.norm_mode).to(self.device)
+        self.aug_gen = torch.Generator(device=self.device)
+        self.aug_gen.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
+
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(model, cfg.weight_decay, cfg.decay_bias),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+        )
+        self.steps_per_epoch = len(self._batches(0, 0))
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"config key 'batch_size': {cfg.batch_size} x {self.dist.world_size} process(es) is larger than "
+                f"the {len(train_set)} training images"
+            )
+        self.schedule = LRSchedule(cfg, self.steps_per_epoch)
+
+        # ---- position
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best_top1: float | None = None
+        self.last_val: dict[str, float] = {}
+        self.train_time = 0.0  # seconds spent training, summed over resumed segments
+        self.last_saved_step: int | None = None
+
+    # ------------------------------------------------------------------ data
+
+    def _batches(self, epoch: int, start: int, train: bool = True) -> EpochBatches:
+        cfg = self.cfg
+        ds = self.train_set if train else self.val_set
+        return EpochBatches(
+            ds,
+            cfg.batch_size if train else max(cfg.batch_size, 64),
+            shuffle=train,
+            seed=cfg.seed,
+            epoch=epoch,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            drop_last=train,
+            start=start,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _prep(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and not self.split else x
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def model_state(self) -> dict[str, Tensor]:
+        """The weights in the one-device layout (a split model is stored grouped)."""
+        if self.split:
+            from alexnet.models import split_to_grouped
+
+            return split_to_grouped(self.model.state_dict())
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def _load_model_state(self, state: dict[str, Tensor]) -> None:
+        if self.split:
+            from alexnet.models import grouped_to_split
+
+            state = grouped_to_split(state)
+        try:
+            self.model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise TrainingError(f"{self.last_path}: checkpoint weights do not fit {self.cfg.model}: {exc}") from None
+        if self.split:
+            self.model.place()
+
+    def train_state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.dist.world_size,
+            "best_top1": -1.0 if self.best_top1 is None else float(self.best_top1),
+            "last_val": dict(self.last_val),
+            "train_time": float(self.train_time),
+            "rng": rng_state(self.aug_gen),
+            "seed": self.cfg.seed,
+        }
+
+    def save(self, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt``) from rank 0; every rank waits for it."""
+        if self.is_main:
+            try:
+                save_checkpoint(
+                    self.last_path,
+                    self.model_state(),
+                    self.meta,
+                    optimizer=self.optimizer.state_dict(),
+                    scheduler=self.schedule.state_dict(),
+                    train_state=self.train_state(),
+                )
+                if best:
+                    save_checkpoint(self.best_path, self.model_state(), self.meta, train_state=self.train_state())
+            except OSError as exc:
+                kept = (
+                    f"the previous checkpoint {self.last_path} (step {self.last_saved_step}) is intact"
+                    if self.last_saved_step is not None
+                    else "no earlier checkpoint existed"
+                )
+                raise TrainingError(
+                    f"could not write a checkpoint at step {self.step}: {exc.strerror or exc}"
+                    f"{' (the disk is full)' if getattr(exc, 'errno', None) == 28 else ''}; {kept}. "
+                    "Free space and rerun with --resume."
+                ) from exc
+        self.last_saved_step = self.step
+        D.barrier()
+
+    def load(self) -> bool:
+        """Restore ``last.pt`` if there is one; False when starting fresh."""
+        if not self.last_path.exists():
+            return False
+        try:
+            ck = load_checkpoint(self.last_path)
+        except CheckpointError as exc:
+            raise TrainingError(f"cannot resume: {exc}") from None
+        meta: ModelMeta = ck["meta"]
+        if meta.model != self.meta.model or meta.classes != self.meta.classes:
+            raise TrainingError(
+                f"cannot resume from {self.last_path}: it holds {meta.model} on {meta.num_classes} classes, "
+                f"this run is {self.meta.model} on {self.meta.num_classes}"
+            )
+        ts = ck.get("train_state")
+        if not isinstance(ts, dict) or "optimizer" not in ck:
+            raise TrainingError(f"cannot resume from {self.last_path}: it has no optimiser/training state")
+        if int(ts["steps_per_epoch"]) != self.steps_per_epoch:
+            raise TrainingError(
+                f"cannot resume: the checkpoint's epochs have {ts['steps_per_epoch']} steps, this run's "
+                f"{self.steps_per_epoch} (batch size, world size or data changed)"
+            )
+        self._load_model_state(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.schedule.load_state_dict(ck["scheduler"])
+        self.epoch, self.batch_in_epoch, self.step = int(ts["epoch"]), int(ts["batch_in_epoch"]), int(ts["step"])
+        best = float(ts["best_top1"])
+        self.best_top1 = None if best < 0 else best
+        self.last_val = {k: float(v) for k, v in ts.get("last_val", {}).items()}
+        self.train_time = float(ts.get("train_time", 0.0))
+        if int(ts.get("world_size", 1)) == self.dist.world_size:
+            set_rng_state(ts["rng"], self.aug_gen)
+        elif self.is_main:
+            print("note: world size changed since the checkpoint; random streams restart", file=sys.stderr)
+        self.last_saved_step = self.step
+        return True
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Centre-crop loss, top-1 and top-5 on the validation split (sharded across processes)."""
+        if self.val_set is None or len(self.val_set) == 0:
+            return {}
+        self.model.eval()
+        k = min(5, len(self.classes))
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, top1, top5, count
+        with torch.random.fork_rng(devices=[]):  # evaluation must not move the training RNG
+            for x, y in self._batches(0, 0, train=False):
+                x, y = self._to_device(x, y)
+                with self._autocast():
+                    logits = self.model(self._prep(self.eval_tf(x))).float()
+                sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+                top = logits.topk(k, dim=1).indices
+                hit = top == y.view(-1, 1)
+                sums[1] += hit[:, :1].any(1).sum()
+                sums[2] += hit.any(1).sum()
+                sums[3] += y.numel()
+        D.all_reduce_sum(sums)
+        self.model.train()
+        loss, top1, top5, n = sums.tolist()
+        n = max(n, 1.0)
+        return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n}
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        resumed = False
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        D.barrier()
+        if self.resume:
+            resumed = self.load()
+            if not resumed and self.is_main:
+                print(f"note: nothing to resume in {self.ckpt_dir}; starting fresh", file=sys.stderr)
+        elif self.last_path.exists():
+            raise TrainingError(
+                f"{self.run_dir} already holds a run ({self.last_path}); pass --resume to continue it "
+                "or choose another --out"
+            )
+        if self.is_main:
+            self._write_config()
+        log = RunLog(self.run_dir, self.is_main, cfg.tensorboard, self.step if resumed else None)
+        try:
+            with _StopFlag() as stop:
+                status = self._loop(log, stop)
+        finally:
+            log.close()
+        result = self._finish(status)
+        return result
+
+    def _write_config(self) -> None:
+        resolved = self.cfg.to_dict()
+        resolved.update(
+            data=self.data_path,
+            crop=self.crop,
+            norm_mode=self.norm_mode,
+            model_options=self.meta.options,
+        )
+        info = {
+            "world_size": self.dist.world_size,
+            "global_batch": self.cfg.batch_size * self.dist.world_size,
+            "device": str(self.device),
+            "amp": "bf16" if self.amp_dtype is not None else "none",
+            "channels_last": self.channels_last,
+            "steps_per_epoch": self.steps_per_epoch,
+            "train_images": len(self.train_set),
+            "val_images": len(self.val_set) if self.val_set is not None else 0,
+            "val_held_out_from_train": self.held_out,
+            "image_size": self.image_size,
+            "torch": torch.__version__,
+        }
+        text = json.dumps({**resolved, "run": info}, indent=2) + "\n"
+        from alexnet.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(self.run_dir / "config.json", text.encode())
+
+    def _loop(self, log: RunLog, stop: _StopFlag) -> str:
+        cfg, dev = self.cfg, self.device
+        world = self.dist.world_size
+        t_start = time.perf_counter()
+        time0 = self.train_time
+        last_ckpt_time = t_start
+        self.net.train()
+        zero = torch.zeros((), device=dev)
+        status = "completed"
+        while self.epoch < cfg.epochs:
+            batches = self._batches(self.epoch, self.batch_in_epoch)
+            loss_sum, correct1, correct5, seen = zero.clone(), zero.clone(), zero.clone(), 0
+            epoch_loss, epoch_c1, epoch_c5, epoch_seen = zero.clone(), zero.clone(), zero.clone(), 0
+            t_log, n_log = time.perf_counter(), 0
+            k = min(5, len(self.classes))
+            bar = self._progress(batches)
+            for x, y in bar:
+                lr = self.schedule.lr(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                x, y = self._to_device(x, y)
+                inputs = self._prep(self.augment(x, generator=self.aug_gen))
+                with self._autocast():
+                    logits = self.net(inputs)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.step += 1
+                self.batch_in_epoch += 1
+                with torch.no_grad():  # device-side running sums; read back only at log time
+                    d = loss.detach() * y.numel()
+                    hit = logits.detach().topk(k, dim=1).indices == y.view(-1, 1)
+                    c1, c5 = hit[:, :1].sum(), hit.any(1).sum()
+                    loss_sum += d
+                    correct1 += c1
+                    correct5 += c5
+                    epoch_loss += d
+                    epoch_c1 += c1
+                    epoch_c5 += c5
+                seen += y.numel()
+                epoch_seen += y.numel()
+                n_log += 1
+
+                at_log = self.step % cfg.log_every == 0 or self.batch_in_epoch == batches.total
+                # Control decisions (stop, checkpoint) must be taken by every process at the same
+                # step: single-process runs decide every step, DDP runs at log points (one sync).
+                control = at_log or not self.dist.enabled
+                if at_log:
+                    mean_loss = loss_sum.item() / max(seen, 1)
+                    if not math.isfinite(mean_loss):
+                        self._diverged(mean_loss, log)
+                    now = time.perf_counter()
+                    ips = n_log * cfg.batch_size * world / max(now - t_log, 1e-9)
+                    log.write(
+                        {
+                            "kind": "step",
+                            "epoch": self.epoch + 1,  # the epoch in progress, counted from 1
+                            "step": self.step,
+                            "loss": mean_loss,
+                            "lr": lr,
+                            "images_per_s": ips,
+                            "train_top1": correct1.item() / max(seen, 1),
+                            "train_top5": correct5.item() / max(seen, 1),
+                            "time": time0 + now - t_start,
+                        }
+                    )
+                    if bar is not batches:
+                        bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:,.0f}", refresh=False)
+                    loss_sum.zero_(), correct1.zero_(), correct5.zero_()
+                    seen, t_log, n_log = 0, now, 0
+                if control:
+                    now = time.perf_counter()
+                    elapsed = time0 + now - t_start
+                    reason = None
+                    if stop.signal is not None:
+                        reason = "interrupted"
+                    elif cfg.time_limit_minutes is not None and elapsed >= cfg.time_limit_minutes * 60:
+                        reason = "time_limit"
+                    elif cfg.max_steps is not None and self.step >= cfg.max_steps:
+                        reason = "max_steps"
+                    want_ckpt = (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0) or (
+                        cfg.checkpoint_minutes > 0 and now - last_ckpt_time >= cfg.checkpoint_minutes * 60
+                    )
+                    if self.dist.enabled:
+                        reason = D.broadcast_object(reason)
+                        want_ckpt = D.any_flag(want_ckpt, dev)
+                    if reason is not None:
+                        status = reason
+                        break
+                    if want_ckpt and self.batch_in_epoch < batches.total:
+                        self._check_finite(epoch_loss, log)
+                        self.train_time = time0 + time.perf_counter() - t_start
+                        self.save()
+                        last_ckpt_time = time.perf_counter()
+            if bar is not batches:
+                bar.close()
+            self.train_time = time0 + time.perf_counter() - t_start
+            if status == "interrupted":
+                self._check_finite(epoch_loss, log)
+                self.save()
+                if self.is_main:
+                    print(f"stopped by signal at epoch {self.epoch} step {self.step}; checkpoint {self.last_path}")
+                return status
+            epoch_done = self.batch_in_epoch >= batches.total
+            if epoch_done:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+            self._check_finite(epoch_loss, log)
+            self._end_epoch(log, epoch_loss, epoch_c1, epoch_c5, epoch_seen, epoch_done)
+            last_ckpt_time = time.perf_counter()
+            if status != "completed":
+                return status
+        return status
+
+    def _progress(self, batches: EpochBatches) -> Any:
+        if not (self.is_main and self.cfg.progress):
+            return batches
+        from tqdm import tqdm
+
+        return tqdm(
+            batches,
+            total=batches.total,
+            initial=batches.start,
+            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+            unit="batch",
+            dynamic_ncols=True,
+            leave=False,
+            file=sys.stderr,
+        )
+
+    def _check_finite(self, epoch_loss: Tensor, log: RunLog) -> None:
+        value = epoch_loss.item()
+        if not math.isfinite(value):
+            self._diverged(value, log)
+
+    def _diverged(self, value: float, log: RunLog) -> None:
+        kept = (
+            f"the last good checkpoint is {self.last_path} (step {self.last_saved_step})"
+            if self.last_saved_step is not None
+            else "no checkpoint had been written yet"
+        )
+        msg = (
+            f"training diverged: the loss became {value} at epoch {self.epoch + 1}, step {self.step}; "
+            f"nothing after that was saved and {kept}. Lower the learning rate (now {self.cfg.lr}) "
+            "or enable grad_clip, then resume or restart."
+        )
+        log.write({"kind": "error", "epoch": self.epoch + 1, "step": self.step, "error": msg, "time": self.train_time})
+        raise TrainingError(msg)
+
+    def _end_epoch(
+        self, log: RunLog, loss: Tensor, c1: Tensor, c5: Tensor, seen: int, epoch_done: bool
+    ) -> None:
+        stats = torch.stack([loss, c1, c5, torch.tensor(float(seen), device=self.device)]).double()
+        D.all_reduce_sum(stats)
+        tl, t1, t5, n = stats.tolist()
+        n = max(n, 1.0)
+        val = self.validate()
+        self.last_val = val
+        best = False
+        if val:
+            if epoch_done:
+                self.schedule.epoch_end(1.0 - val["val_top1"])
+            if self.best_top1 is None or val["val_top1"] > self.best_top1:
+                self.best_top1, best = val["val_top1"], True
+        record = {
+            "kind": "epoch",
+            "epoch": self.epoch if epoch_done else self.epoch + 1,  # the epoch just ended, from 1
+            "partial": not epoch_done,  # stopped mid-epoch (time limit, max_steps)
+            "step": self.step,
+            "loss": tl / n,
+            "lr": self.schedule.lr(max(self.step - 1, 0)),
+            "train_top1": t1 / n,
+            "train_top5": t5 / n,
+            **val,
+            "time": self.train_time,
+        }
+        log.write(record)
+        if self.is_main:
+            msg = f"epoch {self.epoch}/{self.cfg.epochs}  step {self.step}  loss {tl / n:.4f}  train top-1 {t1 / n:.1%}"
+            if val:
+                msg += f"  val top-1 {val['val_top1']:.1%}  top-5 {val['val_top5']:.1%}"
+            print(msg, flush=True)
+        self.save(best=best)
+
+    def _finish(self, status: str) -> TrainResult:
+        if self.is_main:
+            save_safetensors(self.run_dir / "model.safetensors", self.model_state(), self.meta)
+        val = self.last_val
+        result = TrainResult(
+            run_dir=str(self.run_dir),
+            status=status,
+            epochs=self.epoch,
+            step=self.step,
+            val_top1=val.get("val_top1"),
+            val_top5=val.get("val_top5"),
+            val_loss=val.get("val_loss"),
+            best_val_top1=self.best_top1,
+            train_loss=None,
+            elapsed_s=self.train_time,
+            images_per_s=self.step * self.cfg.batch_size * self.dist.world_size / max(self.train_time, 1e-9),
+            world_size=self.dist.world_size,
+            checkpoint=str(self.last_path),
+            best_checkpoint=str(self.best_path) if self.best_path.exists() else None,
+            model=self.cfg.model,
+            num_classes=len(self.classes),
+            data=self.data_path,
+        )
+        if self.is_main:
+            from alexnet.checkpoint import atomic_write_bytes
+
+            atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        D.barrier()
+        return result
+
+
+def train(
+    config: TrainConfig,
+    *,
+    train_set: Any = None,
+    val_set: Any = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train as ``config`` says; returns the final figures (also in ``RUN/summary.json``).
+
+    ``train_set``/``val_set`` may be given directly (datasets of ``(uint8 [3,S,S], label)``
+    with ``.classes``, ``.class_names``, ``.image_size`` and ``.stats``); otherwise they are
+    opened from ``config.data`` (default: the embedded dataset). ``resume`` continues from
+    ``RUN/checkpoints/last.pt``. Raises :class:`TrainingError` when the run cannot go on.
+    """
+    trainer = Trainer(config, train_set=train_set, val_set=val_set, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        D.cleanup()
+
+
+def format_summary(result: TrainResult) -> str:
+    """The final lines printed by ``alexnet train``."""
+    lines = [f"run: {result.run_dir} ({result.status}, {result.epochs} epochs, {result.step} steps, "
+             f"{result.elapsed_s / 60:.1f} min, {result.images_per_s:,.0f} images/s)"]
+    if result.val_top1 is not None:
+        lines.append(f"val top-1: {result.val_top1:.1%}  top-5: {result.val_top5:.1%}")
+    if result.best_val_top1 is not None:
+        lines.append(f"best val top-1: {result.best_val_top1:.1%}  ({result.best_checkpoint})")
+    return "\n".join(lines)
