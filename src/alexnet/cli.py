@@ -131,10 +131,68 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
+# --------------------------------------------------------------------------- explore
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from alexnet.checkpoint import CheckpointError
+
+    if not Path(args.checkpoint).is_file():
+        raise CLIError(f"checkpoint not found: {args.checkpoint}")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise CLIError(f"dataset folder not found: {args.data}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who can reach this address can use the explorer", file=sys.stderr)
+    from alexnet.explorer import serve
+
+    try:
+        serve(
+            args.checkpoint,
+            args.data,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            gallery_size=args.gallery,
+            index_size=args.index_size,
+            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+            max_upload_pixels=int(args.max_upload_mp * 1_000_000),
+            device=args.device,
+        )
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+def add_explore(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explore",
+        help="serve the interactive explorer (the deep learning revolution, computed live) for a checkpoint",
+        description="A web page that shows what the checkpoint's network computes: layer-by-layer "
+        "activations of an image, the ImageNet error timeline, revealing the depth one layer at a "
+        "time up to the top-5 labels, conv1 kernels and fc7 nearest neighbours. JSON API at /docs.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pt), safetensors export or torchvision weights")
+    p.add_argument("--data", default=None, help="dataset folder (val/ for the gallery, train/ for neighbours; "
+                   "default: the run's config.json 'data', if any)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--gallery", type=int, default=24, help="gallery images (default 24, classes in turn)")
+    p.add_argument("--index-size", type=int, default=2000, help="training images indexed for neighbours (default 2000)")
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="upload size limit in MiB (default 8)")
+    p.add_argument("--max-upload-mp", type=float, default=16.0, help="upload pixel limit in megapixels (default 16)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_explore)
+
+
 # --------------------------------------------------------------------------- parser
 
 # Each entry adds one command (or group) to the parser. Later modules append theirs here.
-COMMANDS = [add_models, add_data]
+COMMANDS = [add_models, add_data, add_explore]
 
 
 def build_parser() -> argparse.ArgumentParser:

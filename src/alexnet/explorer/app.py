@@ -1,0 +1,292 @@
+"""The explorer web app: a FastAPI JSON API over :class:`~alexnet.explorer.engine.Engine`
+plus the static page that tells the story with it.
+
+``create_app(checkpoint, data)`` builds the app; ``serve(...)`` runs it with uvicorn on
+127.0.0.1 unless told otherwise. The OpenAPI page (``/docs``, ``/openapi.json``) documents
+every endpoint.
+
+Every request is untrusted. Bodies of POST requests are read by :class:`UploadGate`
+before the framework sees them: at most ``max_concurrent_uploads`` at a time, each
+capped in bytes, so neither a flood of uploads nor one huge one can exhaust memory.
+Images are addressed by dataset index (``val-12``), never by path, so no request can
+reach a file outside the dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from alexnet.explorer.engine import CONV_LAYERS, Analysis, Engine, ExplorerError, data_url
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+
+# The page loads nothing from elsewhere; the CSP makes sure of it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+    "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+# Parameter types shared by the endpoints (module level: FastAPI resolves them by name).
+ImageQuery = Annotated[str, Query(max_length=48, description="image id: `val-12`, `train-3` or `upload-<hash>`")]
+UploadField = Annotated[UploadFile, File(description="the image (JPEG, PNG, GIF, WebP or BMP)")]
+LayerPath = Annotated[str, PathParam(max_length=16, description="conv1 .. conv5")]
+TopK = Annotated[int, Query(ge=1, le=50, description="number of labels")]
+NeighborK = Annotated[int, Query(ge=1, le=32, description="number of neighbours")]
+
+
+def _json_error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+class UploadGate:
+    """ASGI middleware for POST bodies: bounded concurrency, a byte cap, multipart only.
+
+    The body is read here (at most ``max_bytes`` + the multipart envelope) and replayed to
+    the app, so an oversized upload is refused with 413 as soon as it crosses the limit,
+    whether or not it declared a Content-Length.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_concurrent: int = 8) -> None:
+        self.app, self.max_bytes = app, max_bytes
+        self.slots = asyncio.Semaphore(max_concurrent)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "multipart/form-data":
+            await _json_error(415, "send the image as multipart/form-data in a field named 'file'")(scope, receive, send)
+            return
+        try:
+            declared = int(headers.get("content-length", "0") or 0)
+        except ValueError:
+            declared = 0
+        if declared > self.max_bytes:
+            await _json_error(413, f"request of {declared} bytes exceeds the upload limit of {self.max_bytes}")(
+                scope, receive, send
+            )
+            return
+        async with self.slots:
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_bytes:
+                    await _json_error(413, f"upload exceeds the limit of {self.max_bytes} bytes")(scope, receive, send)
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            del chunks
+            sent = False
+
+            async def replay() -> Message:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+
+
+def guess_data(checkpoint: str | Path) -> Path | None:
+    """The dataset a run was trained on, from ``RUN/config.json`` next to its checkpoint."""
+    ck = Path(checkpoint).resolve()
+    for run in (ck.parent, ck.parent.parent):
+        cfg = run / "config.json"
+        if not cfg.is_file():
+            continue
+        try:
+            data = json.loads(cfg.read_text())["data"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if isinstance(data, str) and Path(data).is_dir():
+            return Path(data)
+    return None
+
+
+def create_app(
+    checkpoint: str | Path | None,
+    data: str | Path | None = None,
+    *,
+    engine: Engine | None = None,
+    build_index: bool = True,
+    max_concurrent_uploads: int = 8,
+    **engine_options: Any,
+) -> FastAPI:
+    """The explorer app for ``checkpoint`` (any file :func:`alexnet.checkpoint.load_model` reads).
+
+    ``data``: the dataset folder (``train/`` and/or ``val/``); the gallery comes from its
+    validation split and the fc7 neighbours from its training split. ``engine_options`` go to
+    :class:`Engine` (gallery_size, index_size, top_channels, max_upload_bytes, ...).
+    """
+    if engine is None:
+        if checkpoint is None:
+            raise ValueError("create_app needs a checkpoint or an engine")
+        engine = Engine.from_checkpoint(checkpoint, data, **engine_options)
+    eng = engine
+
+    async def lifespan(app: FastAPI):
+        if build_index:
+            eng.start_index()
+        yield
+
+    app = FastAPI(
+        title="AlexNet explorer",
+        summary="The deep learning revolution, computed live by a trained AlexNet.",
+        description="Images are addressed by id (`val-12`, `train-3`, or `upload-<hash>` for a recent "
+        "upload). Uploads go as multipart/form-data in a field named `file`; errors are JSON "
+        "`{\"detail\": ...}` with a 4xx status.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.engine = eng
+    app.add_middleware(UploadGate, max_bytes=eng.max_upload_bytes + 64 * 1024, max_concurrent=max_concurrent_uploads)
+
+    @app.exception_handler(ExplorerError)
+    async def explorer_error(request: Request, exc: ExplorerError) -> JSONResponse:
+        return _json_error(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return _json_error(422, errors or "invalid request")
+
+    # ---------------------------------------------------------------- page
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # ---------------------------------------------------------------- helpers
+
+    async def by_id(image_id: str) -> Analysis:
+        return await run_in_threadpool(eng.analyse_id, image_id)
+
+    async def by_upload(file: UploadFile) -> Analysis:
+        data = await file.read(eng.max_upload_bytes + 1)
+        if len(data) > eng.max_upload_bytes:
+            raise ExplorerError(413, f"upload exceeds the limit of {eng.max_upload_bytes} bytes")
+        return await run_in_threadpool(eng.analyse_upload, data, file.content_type, file.filename)
+
+    def analysis_payload(a: Analysis) -> dict[str, Any]:
+        return {
+            "id": a.id,
+            "name": a.name,
+            "input": data_url(a.crop_png),
+            "layers": [
+                {k: v for k, v in a.layers[name].items() if k != "channels"} for name in CONV_LAYERS
+            ],
+            "predictions": eng.predictions(a),
+        }
+
+    # ---------------------------------------------------------------- API
+
+    @app.get("/api/info", summary="Model, dataset, limits and the ImageNet timeline")
+    async def info() -> dict[str, Any]:
+        return eng.info()
+
+    @app.get("/api/gallery", summary="Images of the dataset's validation split to pick from")
+    async def gallery() -> dict[str, Any]:
+        return {"images": eng.gallery_items()}
+
+    @app.get(
+        "/api/images/{image_id}",
+        summary="A dataset image by id (JPEG, the stored SxS image)",
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such image"}},
+    )
+    async def image(image_id: str) -> Response:
+        data = await run_in_threadpool(eng.image_jpeg, image_id)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/analysis", summary="One forward pass: input crop, per-layer overlays, top-5")
+    async def analysis(image: ImageQuery) -> dict[str, Any]:
+        return analysis_payload(await by_id(image))
+
+    @app.post("/api/analysis", summary="One forward pass over an uploaded image")
+    async def analysis_upload(file: UploadField) -> dict[str, Any]:
+        return analysis_payload(await by_upload(file))
+
+    @app.get("/api/predict", summary="Top-k labels with probabilities for a dataset image")
+    async def predict(image: ImageQuery, k: TopK = 5) -> dict[str, Any]:
+        return eng.predictions(await by_id(image), k)
+
+    @app.post("/api/predict", summary="Top-k labels with probabilities for an uploaded image")
+    async def predict_upload(file: UploadField, k: TopK = 5) -> dict[str, Any]:
+        return eng.predictions(await by_upload(file), k)
+
+    @app.get("/api/activations/{layer}", summary="A layer's strongest channels as heat-map PNGs (base64)")
+    async def activations(layer: LayerPath, image: ImageQuery) -> dict[str, Any]:
+        if layer not in CONV_LAYERS:
+            raise ExplorerError(404, f"unknown layer {layer!r}; choose from {list(CONV_LAYERS)}")
+        return eng.layer(await by_id(image), layer)
+
+    @app.post("/api/activations/{layer}", summary="A layer's strongest channels for an uploaded image")
+    async def activations_upload(layer: LayerPath, file: UploadField) -> dict[str, Any]:
+        if layer not in CONV_LAYERS:
+            raise ExplorerError(404, f"unknown layer {layer!r}; choose from {list(CONV_LAYERS)}")
+        return eng.layer(await by_upload(file), layer)
+
+    @app.get("/api/neighbors", summary="Nearest training images by fc7 (Euclidean), as in the paper")
+    async def neighbors(image: ImageQuery, k: NeighborK = 8) -> dict[str, Any]:
+        return eng.neighbors(await by_id(image), k)
+
+    @app.post("/api/neighbors", summary="Nearest training images by fc7 for an uploaded image")
+    async def neighbors_upload(file: UploadField, k: NeighborK = 8) -> dict[str, Any]:
+        return eng.neighbors(await by_upload(file), k)
+
+    @app.get("/api/kernels", summary="The conv1 kernels as one image grid (base64 PNG)")
+    async def kernels() -> dict[str, Any]:
+        return await run_in_threadpool(eng.kernels)
+
+    return app
+
+
+def serve(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    **options: Any,
+) -> None:
+    """Load the checkpoint, then serve the explorer until interrupted."""
+    import uvicorn
+
+    if data is None:
+        data = guess_data(checkpoint)
+    app = create_app(checkpoint, data, **options)
+    eng: Engine = app.state.engine
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    print(
+        f"explorer: {eng.meta.model} ({eng.meta.num_classes} classes), "
+        f"data: {eng.data or 'none (upload images)'}, gallery: {len(eng.gallery)} images"
+    )
+    print(f"open http://{shown}:{port}/  (API docs: http://{shown}:{port}/docs)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,635 @@
+"""The explorer's model side: decode an image, run the network once, render what it computed.
+
+:class:`Engine` wraps a loaded checkpoint and (optionally) its dataset. For one image it
+runs a single forward pass and keeps a small, already-rendered result
+(:class:`Analysis`): the crop the network saw, the strongest channels of conv1..conv5 as
+heat-map PNGs, a summary overlay per layer, the class probabilities and the fc7 vector
+for retrieval. Results are cached (bounded LRU) so that revealing layers one request at
+a time re-uses the same forward pass.
+
+Thread safety: HTTP handlers call into the engine from a thread pool. Decoding runs
+under a small bounded semaphore (it is the memory-hungry step for large uploads) and
+the forward pass under a lock, so memory stays bounded however many requests arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from alexnet.checkpoint import ModelMeta, load_model
+from alexnet.data.decode import DecodeError, decode_image, encode_jpeg, resize_center_crop
+
+log = logging.getLogger(__name__)
+
+CONV_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+# What each stage tends to respond to (Zeiler & Fergus 2014; the paper's Figure 3 for conv1).
+LAYER_ROLES: dict[str, tuple[str, str]] = {
+    "conv1": ("Edges", "oriented edges and colour blobs, straight from the pixels"),
+    "conv2": ("Textures", "corners, grids and textures built from conv1's edges"),
+    "conv3": ("Patterns", "repeated motifs and simple shapes"),
+    "conv4": ("Parts", "object parts: eyes, wheels, fur, leaves"),
+    "conv5": ("Objects", "whole objects and their arrangement"),
+}
+
+# ImageNet (ILSVRC) classification winners, top-5 error in percent (SPEC.md).
+TIMELINE: list[dict[str, Any]] = [
+    {"year": 2010, "error": 28.2, "team": "NEC-UIUC"},
+    {"year": 2011, "error": 25.8, "team": "XRCE"},
+    {"year": 2012, "error": 16.4, "team": "SuperVision (AlexNet)"},
+    {"year": 2013, "error": 11.7, "team": "Clarifai"},
+    {"year": 2014, "error": 6.7, "team": "GoogLeNet"},
+    {"year": 2015, "error": 3.57, "team": "ResNet"},
+    {"year": 2016, "error": 2.99, "team": "Trimps-Soushen"},
+    {"year": 2017, "error": 2.25, "team": "SENet"},
+]
+HUMAN_TOP5_ERROR = 5.1  # Russakovsky et al. 2015
+
+ALLOWED_CONTENT_TYPES = frozenset(
+    {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/webp", "image/bmp"}
+)
+_ID_RE = re.compile(r"^(val|train|upload)-([0-9a-f]{1,32})$")
+
+
+class ExplorerError(Exception):
+    """A request the explorer cannot serve; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _colormap_lut(name: str = "inferno") -> np.ndarray:
+    """[256, 3] uint8 lookup table of a perceptually uniform colormap."""
+    from matplotlib import colormaps
+
+    return (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+_LUT: np.ndarray | None = None
+
+
+def heatmap_rgb(values: np.ndarray) -> np.ndarray:
+    """A non-negative map [H, W] -> uint8 RGB [H, W, 3], scaled by its own maximum."""
+    global _LUT
+    if _LUT is None:
+        _LUT = _colormap_lut()
+    peak = float(values.max()) if values.size else 0.0
+    scaled = values / peak if peak > 0 else np.zeros_like(values)
+    return _LUT[np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)]
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _upscale(rgb: np.ndarray, min_side: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer factor, so tiny maps stay crisp in any browser."""
+    factor = max(1, -(-min_side // max(rgb.shape[:2])))
+    return rgb.repeat(factor, 0).repeat(factor, 1) if factor > 1 else rgb
+
+
+def overlay(image: np.ndarray, values: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Heat map of ``values`` (any size) laid over a greyed ``image`` [H, W, 3]."""
+    h, w = image.shape[:2]
+    peak = float(values.max()) if values.size else 0.0
+    v = (values / peak if peak > 0 else np.zeros_like(values)).astype(np.float32)
+    v = np.asarray(Image.fromarray(v, mode="F").resize((w, h), Image.BILINEAR))
+    heat = heatmap_rgb(v).astype(np.float32)
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True) * 0.55
+    weight = alpha * np.clip(v, 0, 1)[..., None] ** 0.5
+    return (grey * (1 - weight) + heat * weight).clip(0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def open_split(root: Path, split: str | None, image_size: int) -> Any | None:
+    """One split of the dataset at ``root`` (None: the folder itself), or None when it has none.
+
+    Files are checked when they are read (a bad one is skipped by the dataset), so that
+    opening even a large folder stays quick.
+    """
+    from alexnet.data.folder import open_dataset
+
+    try:
+        ds = open_dataset(root, split, image_size=image_size, validate="none")
+    except (ValueError, KeyError, OSError) as exc:  # DatasetError is a ValueError
+        log.info("no %s split in %s: %s", split, root, exc)
+        return None
+    return ds if len(ds) else None
+
+
+def spread(n: int, m: int) -> list[int]:
+    """``m`` indices spread evenly over ``range(n)``: class-sorted datasets give every class a turn."""
+    if m >= n:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, m)})
+
+
+def _targets(ds: Any) -> Sequence[int] | None:
+    for name in ("targets", "labels"):
+        t = getattr(ds, name, None)
+        if t is not None and len(t) == len(ds):
+            return t
+    return None
+
+
+def class_balanced(ds: Any, m: int) -> list[int]:
+    """Up to ``m`` indices taking classes in turn (one image of each class before any second)."""
+    targets = _targets(ds)
+    if targets is None:
+        return spread(len(ds), m)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    queues = [by_class[c] for c in sorted(by_class)]
+    out: list[int] = []
+    depth = 0
+    while len(out) < m and any(depth < len(q) for q in queues):
+        for q in queues:
+            if depth < len(q) and len(out) < m:
+                # Walk each class's images with a stride so the picks are not all near the start.
+                out.append(q[(depth * 7919) % len(q)] if len(q) > 1 else q[0])
+        depth += 1
+    return sorted(set(out))
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class Analysis:
+    """One forward pass over one image, rendered for the page."""
+
+    id: str
+    name: str
+    true_index: int | None  # index into the model's classes, when the label is known
+    crop_png: bytes  # the input patch the network saw (before normalisation)
+    layers: dict[str, dict[str, Any]]  # per conv layer: shape, strongest channels, summary overlay
+    probs: np.ndarray  # [num_classes]
+    fc7: np.ndarray  # [D] float32 for retrieval
+    neighbors: list[dict[str, Any]] | None = field(default=None)
+
+
+@dataclass
+class ImageRecord:
+    """A dataset image the page can show: where it comes from and its label."""
+
+    id: str
+    split: str
+    index: int
+    label: int  # dataset label
+    class_id: str
+    class_name: str
+
+
+class NeighborIndex:
+    """The fc7 retrieval index of the training split, built in the background.
+
+    Search is :class:`alexnet.analysis.retrieval.FeatureIndex` (exact Euclidean, as in the
+    paper); this wrapper adds progress for the page and the ids of the indexed images.
+    """
+
+    def __init__(self) -> None:
+        self.index: Any = None  # alexnet.analysis.retrieval.FeatureIndex once built
+        self.records: list[ImageRecord] = []
+        self.ready = threading.Event()
+        self.done = 0
+        self.total = 0
+        self.skipped = 0
+        self.error: str | None = None
+
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[tuple[ImageRecord, float]]:
+        if self.index is None or not self.records:
+            return []
+        extra = 1 if exclude is not None else 0
+        result = self.index.search(torch.from_numpy(query), k=min(k + extra, len(self.records)))
+        hits = [
+            (self.records[i], float(d))
+            for i, d in zip(result.indices[0].tolist(), result.distances[0].tolist(), strict=True)
+            if self.records[i].id != exclude
+        ]
+        return hits[:k]
+
+
+class Engine:
+    """A loaded model plus the dataset it came with, ready to analyse images for the page."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: ModelMeta,
+        data: str | Path | None = None,
+        *,
+        checkpoint: str | Path | None = None,
+        gallery_size: int = 24,
+        index_size: int = 1000,
+        top_channels: int = 8,
+        max_upload_bytes: int = 8 * 1024 * 1024,
+        max_upload_pixels: int = 16_000_000,
+        cache_size: int = 64,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.model, self.meta = model.eval(), meta
+        self.device = torch.device(device)
+        self.transform = meta.eval_transform().to(self.device)
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self.data = None if data is None else Path(data)
+        self.top_channels = top_channels
+        self.max_upload_bytes, self.max_upload_pixels = max_upload_bytes, max_upload_pixels
+        self.class_to_index = {c: i for i, c in enumerate(meta.classes)}
+        self._model_lock = threading.Lock()
+        self._decode_slots = threading.BoundedSemaphore(2)
+        self._cache: OrderedDict[str, Analysis] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+        self._jpeg_cache: OrderedDict[str, bytes] = OrderedDict()
+        self.splits: dict[str, Any] = {}
+        self.gallery: list[ImageRecord] = []
+        self.index = NeighborIndex()
+        self._kernels: dict[str, Any] | None = None
+        if self.data is not None:
+            self._open_data(gallery_size)
+        if "train" not in self.splits:
+            self.index.ready.set()  # nothing to index: neighbours are simply unavailable
+        self._index_size = index_size
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, data: str | Path | None = None, **kwargs: Any) -> Engine:
+        device = kwargs.get("device", "cpu")
+        model, meta = load_model(checkpoint, device=device)
+        return cls(model, meta, data, checkpoint=checkpoint, **kwargs)
+
+    # ------------------------------------------------------------------ dataset
+
+    def _open_data(self, gallery_size: int) -> None:
+        assert self.data is not None
+        if not self.data.is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {self.data}")
+        has_splits = any((self.data / d).is_dir() for d in ("train", "val")) or (self.data / "index.json").is_file()
+        if has_splits:
+            for split in ("val", "train"):
+                ds = open_split(self.data, split, self.meta.image_size)
+                if ds is not None:
+                    self.splits[split] = ds
+        else:  # a plain class-folder directory: one split serves as gallery and index
+            ds = open_split(self.data, None, self.meta.image_size)
+            if ds is not None:
+                self.splits["train"] = ds
+        if not self.splits:
+            raise FileNotFoundError(f"{self.data}: no images found (expected train/ and val/ class folders)")
+        split = "val" if "val" in self.splits else "train"
+        ds = self.splits[split]
+        self.gallery = [self._record(split, i) for i in class_balanced(ds, gallery_size)]
+
+    def _record(self, split: str, index: int, label: int | None = None) -> ImageRecord:
+        ds = self.splits[split]
+        if label is None:
+            targets = _targets(ds)
+            label = int(targets[index]) if targets is not None else int(ds[index][1])
+        class_id = ds.classes[label]
+        names = getattr(ds, "class_names", None) or ds.classes
+        return ImageRecord(f"{split}-{index}", split, index, label, class_id, names[label])
+
+    def parse_id(self, image_id: str) -> tuple[str, int]:
+        """A dataset image id ``val-12`` / ``train-345`` -> (split, index); anything else is a 404."""
+        m = _ID_RE.match(image_id or "")
+        if not m or m.group(1) == "upload" or not m.group(2).isdigit():
+            raise ExplorerError(404, f"no image {image_id!r}")
+        split, index = m.group(1), int(m.group(2))
+        ds = self.splits.get(split)
+        if ds is None or not 0 <= index < len(ds):
+            raise ExplorerError(404, f"no image {image_id!r}")
+        return split, index
+
+    def _load_item(self, split: str, index: int) -> tuple[np.ndarray, int]:
+        """A dataset image as uint8 [S, S, 3] at the model's stored size, and its dataset label."""
+        try:
+            img, label = self.splits[split][index]
+        except (DecodeError, OSError, ValueError) as exc:
+            raise ExplorerError(422, f"image {split}-{index} could not be read: {exc}") from None
+        arr = img.permute(1, 2, 0).contiguous().numpy() if isinstance(img, Tensor) else np.asarray(img)
+        s = self.meta.image_size
+        if arr.shape[0] != s or arr.shape[1] != s:
+            arr = resize_center_crop(arr, s)
+        return arr, int(label)
+
+    def image_jpeg(self, image_id: str) -> bytes:
+        """The dataset image ``image_id`` (as the model sees it before cropping), JPEG-encoded.
+
+        Only dataset items addressed by index are served: no part of the request becomes a path.
+        """
+        split, index = self.parse_id(image_id)
+        key = f"{split}-{index}"
+        with self._cache_lock:
+            if key in self._jpeg_cache:
+                self._jpeg_cache.move_to_end(key)
+                return self._jpeg_cache[key]
+        arr, _ = self._load_item(split, index)
+        data = encode_jpeg(arr, quality=90)
+        with self._cache_lock:
+            self._jpeg_cache[key] = data
+            while len(self._jpeg_cache) > 512:
+                self._jpeg_cache.popitem(last=False)
+        return data
+
+    # ------------------------------------------------------------------ uploads
+
+    def decode_upload(self, data: bytes, content_type: str | None) -> np.ndarray:
+        """Untrusted upload bytes -> uint8 [S, S, 3], or :class:`ExplorerError` (4xx)."""
+        ctype = (content_type or "").split(";")[0].strip().lower()
+        if ctype not in ALLOWED_CONTENT_TYPES:
+            raise ExplorerError(415, f"unsupported content type {ctype or 'none'!r}: upload a JPEG, PNG, GIF, WebP or BMP image")
+        if not data:
+            raise ExplorerError(400, "the uploaded file is empty")
+        if len(data) > self.max_upload_bytes:
+            raise ExplorerError(413, f"upload of {len(data)} bytes exceeds the limit of {self.max_upload_bytes}")
+        s = self.meta.image_size
+        with self._decode_slots:
+            try:
+                arr = decode_image(data, max_pixels=self.max_upload_pixels, min_side=s)
+            except DecodeError as exc:
+                status = 413 if exc.reason == "too_large" else 422
+                what = {
+                    "not_an_image": "the file is not an image",
+                    "truncated": "the image is truncated",
+                    "too_large": f"the image has too many pixels (limit {self.max_upload_pixels:,})",
+                }.get(exc.reason, "the image could not be decoded")
+                raise ExplorerError(status, f"{what} ({exc.reason})") from None
+            return resize_center_crop(arr, s)
+
+    # ------------------------------------------------------------------ model
+
+    @torch.no_grad()
+    def _forward(self, images: np.ndarray, layers: Sequence[str]) -> dict[str, Tensor]:
+        """uint8 [B, S, S, 3] -> requested activations (serialised: one forward pass at a time)."""
+        x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).to(self.device)
+        with self._model_lock:
+            acts = self.model.forward_layers(self.transform(x), list(layers))
+            return {k: v.float().cpu() for k, v in acts.items()}
+
+    def _analyse(self, key: str, name: str, image: np.ndarray, true_index: int | None) -> Analysis:
+        acts = self._forward(image[None], [*CONV_LAYERS, "fc7", "fc8"])
+        c = self.meta.input_size
+        s = image.shape[0]
+        top = (s - c) // 2
+        crop = image[top : top + c, top : top + c]
+        big_crop = _upscale(crop, 224)
+        layers = {}
+        for layer in CONV_LAYERS:
+            a = acts[layer][0].numpy()  # [C, H, W]
+            strength = a.mean(axis=(1, 2))
+            order = np.argsort(-strength, kind="stable")[: self.top_channels]
+            channels = [
+                {
+                    "channel": int(ch),
+                    "mean": round(float(strength[ch]), 4),
+                    "max": round(float(a[ch].max()), 4),
+                    "png": data_url(png_bytes(_upscale(heatmap_rgb(a[ch]), 48))),
+                }
+                for ch in order
+            ]
+            summary = a[order].sum(axis=0)
+            layers[layer] = {
+                "layer": layer,
+                "role": LAYER_ROLES[layer][0],
+                "description": LAYER_ROLES[layer][1],
+                "shape": [int(d) for d in a.shape],
+                "active_fraction": round(float((a > 0).mean()), 4),
+                "channels": channels,
+                "overlay": data_url(png_bytes(overlay(big_crop, summary))),
+            }
+        probs = torch.softmax(acts["fc8"][0], 0).numpy()
+        return Analysis(
+            id=key,
+            name=name,
+            true_index=true_index,
+            crop_png=png_bytes(big_crop),
+            layers=layers,
+            probs=probs,
+            fc7=acts["fc7"][0].numpy().astype(np.float32),
+        )
+
+    def _cached(self, key: str, make: Callable[[], Analysis]) -> Analysis:
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        result = make()
+        with self._cache_lock:
+            self._cache[key] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def analyse_id(self, image_id: str) -> Analysis:
+        """Analysis of a dataset image (``val-3``) or of a recent upload (``upload-<hash>``)."""
+        if image_id.startswith("upload-"):
+            with self._cache_lock:
+                hit = self._cache.get(image_id)
+            if hit is None:
+                raise ExplorerError(404, "this upload is no longer cached; upload the file again")
+            return hit
+        split, index = self.parse_id(image_id)
+
+        def make() -> Analysis:
+            image, label = self._load_item(split, index)
+            rec = self._record(split, index, label)
+            return self._analyse(rec.id, rec.class_name, image, self.class_to_index.get(rec.class_id))
+
+        return self._cached(f"{split}-{index}", make)
+
+    def analyse_upload(self, data: bytes, content_type: str | None, filename: str | None) -> Analysis:
+        """Analysis of uploaded bytes; identical uploads share one cached result."""
+        key = "upload-" + hashlib.sha256(data).hexdigest()[:24]
+        name = _display_name(filename)
+
+        def make() -> Analysis:
+            return self._analyse(key, name, self.decode_upload(data, content_type), None)
+
+        return self._cached(key, make)
+
+    # ------------------------------------------------------------------ results
+
+    def predictions(self, a: Analysis, k: int = 5) -> dict[str, Any]:
+        k = max(1, min(k, len(a.probs)))
+        order = np.argsort(-a.probs, kind="stable")[:k]
+        top = [
+            {
+                "index": int(i),
+                "class": self.meta.classes[i],
+                "name": self.meta.class_names[i],
+                "prob": round(float(a.probs[i]), 6),
+                "correct": a.true_index is not None and int(i) == a.true_index,
+            }
+            for i in order
+        ]
+        true = None
+        if a.true_index is not None:
+            rank = int((a.probs > a.probs[a.true_index]).sum()) + 1
+            true = {
+                "index": a.true_index,
+                "class": self.meta.classes[a.true_index],
+                "name": self.meta.class_names[a.true_index],
+                "prob": round(float(a.probs[a.true_index]), 6),
+                "rank": rank,
+            }
+        return {
+            "image": {"id": a.id, "name": a.name},
+            "top": top,
+            "true_label": true,
+            "correct_top1": None if true is None else true["rank"] == 1,
+            "correct_top5": None if true is None else true["rank"] <= 5,
+        }
+
+    def layer(self, a: Analysis, layer: str) -> dict[str, Any]:
+        if layer not in a.layers:
+            raise ExplorerError(404, f"unknown layer {layer!r}; choose from {list(CONV_LAYERS)}")
+        return {"image": {"id": a.id, "name": a.name}, **a.layers[layer]}
+
+    def neighbors(self, a: Analysis, k: int = 8) -> dict[str, Any]:
+        idx = self.index
+        base = {"ready": idx.ready.is_set(), "indexed": len(idx.records), "progress": [idx.done, idx.total]}
+        if "train" not in self.splits:
+            return {**base, "available": False, "neighbors": []}
+        if not idx.ready.is_set():
+            return {**base, "available": True, "neighbors": []}
+        hits = idx.search(a.fc7, max(1, min(k, 32)), exclude=a.id)
+        return {
+            **base,
+            "available": True,
+            "neighbors": [
+                {
+                    "id": r.id,
+                    "url": f"/api/images/{r.id}",
+                    "class": r.class_id,
+                    "name": r.class_name,
+                    "distance": round(d, 4),
+                }
+                for r, d in hits
+            ],
+        }
+
+    def kernels(self) -> dict[str, Any]:
+        """The conv1 kernels as one picture (one block per tower, as in the paper's Figure 3)."""
+        if self._kernels is None:
+            from alexnet.analysis.filters import conv1_weight, kernel_grid, tower_summary
+
+            weight = conv1_weight(self.model)
+            self._kernels = {
+                "count": int(weight.shape[0]),
+                "kernel_size": int(weight.shape[-1]),
+                "towers": tower_summary(self.model),
+                "png": data_url(png_bytes(kernel_grid(self.model, pad=2))),
+            }
+        return self._kernels
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.meta.model,
+            "checkpoint": None if self.checkpoint is None else Path(self.checkpoint).name,
+            "num_classes": self.meta.num_classes,
+            "classes": self.meta.class_names,
+            "image_size": self.meta.image_size,
+            "input_size": self.meta.input_size,
+            "layers": [{"layer": name, "role": r[0], "description": r[1]} for name, r in LAYER_ROLES.items()],
+            "data": None if self.data is None else self.data.name,
+            "gallery_size": len(self.gallery),
+            "neighbors": {
+                "available": "train" in self.splits,
+                "ready": self.index.ready.is_set(),
+                "indexed": len(self.index.records),
+            },
+            "limits": {"max_upload_bytes": self.max_upload_bytes, "max_upload_pixels": self.max_upload_pixels},
+            "timeline": TIMELINE,
+            "human_top5_error": HUMAN_TOP5_ERROR,
+        }
+
+    def gallery_items(self) -> list[dict[str, Any]]:
+        return [
+            {"id": r.id, "url": f"/api/images/{r.id}", "class": r.class_id, "name": r.class_name}
+            for r in self.gallery
+        ]
+
+    # ------------------------------------------------------------------ retrieval index
+
+    def build_index(self, batch_size: int = 64) -> None:
+        """fc7 features of up to ``index_size`` training images (class-balanced); run once."""
+        idx = self.index
+        ds = self.splits.get("train")
+        if ds is None or idx.ready.is_set():
+            idx.ready.set()
+            return
+        try:
+            picks = class_balanced(ds, self._index_size)
+            idx.total = len(picks)
+            feats: list[Tensor] = []
+            for start in range(0, len(picks), batch_size):
+                images, records = [], []
+                for i in picks[start : start + batch_size]:
+                    try:
+                        image, label = self._load_item("train", i)
+                    except ExplorerError:
+                        idx.skipped += 1
+                        continue
+                    images.append(image)
+                    records.append(self._record("train", i, label))
+                if images:
+                    feats.append(self._forward(np.stack(images), ["fc7"])["fc7"])
+                    idx.records.extend(records)
+                idx.done = min(idx.total, start + batch_size)
+            if feats:
+                from alexnet.analysis.retrieval import FeatureIndex
+
+                ds_names = getattr(ds, "class_names", None) or ds.classes
+                idx.index = FeatureIndex(
+                    features=torch.cat(feats),
+                    labels=torch.tensor([r.label for r in idx.records], dtype=torch.int64),
+                    paths=[r.id for r in idx.records],
+                    classes=list(ds.classes),
+                    class_names=list(ds_names),
+                    info={"model": self.meta.model, "split": "train"},
+                )
+        except Exception as exc:  # the page degrades to "no neighbours"; the server keeps running
+            log.exception("building the fc7 index failed")
+            idx.error = str(exc)
+        finally:
+            idx.ready.set()
+
+    def start_index(self) -> threading.Thread:
+        t = threading.Thread(target=self.build_index, name="fc7-index", daemon=True)
+        t.start()
+        return t
+
+
+def _display_name(filename: str | None) -> str:
+    """A short, harmless label for an uploaded file (its stem), shown in the status line."""
+    stem = Path(filename or "").stem if filename else ""
+    stem = re.sub(r"[^\w .,()+-]", "", stem.replace("_", " ")).strip()[:40]
+    return stem or "your image"
