@@ -189,10 +189,83 @@ def add_explore(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_explore)
 
 
+# --------------------------------------------------------------------------- train, demo
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from alexnet.training.commands import train_command
+
+    return train_command(args)
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model of the zoo (the paper's recipe by default); torchrun for many processes",
+        description="Train on a folder, prepared or embedded dataset. Settings: preset < --config file "
+        "(TOML/YAML) < flags < --set key=value. Without --preset the dataset picks one: 'cifar10' for "
+        "32 px images, 'demo' for the embedded 64 px data, 'imagenet-paper' otherwise. Many processes: "
+        "torchrun --nproc-per-node N -m alexnet train ... (--batch-size is per process; the global "
+        "batch is N times it, the learning rate is used as given).",
+    )
+    p.add_argument("--config", default=None, help="TOML or YAML file of config keys")
+    p.add_argument("--preset", default=None, help="imagenet-paper, cifar10 or demo")
+    p.add_argument("--data", default=None, help="dataset directory (default: the embedded dataset)")
+    p.add_argument("--model", default=None, help="alexnet, alexnet_owt or alexnet_small")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per process (paper: 128)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (paper: 0.01)")
+    p.add_argument("--schedule", default=None, help="plateau (paper), step, cosine, onecycle, constant")
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--crop", type=int, default=None, help="network input side (default: the model's)")
+    p.add_argument("--out", default=None, help="run directory (default runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--amp", default=None, choices=("auto", "bf16", "none"), help="autocast (auto: bf16 on CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--split-devices", default=None, help="the paper's two-device split, e.g. cuda:0,cuda:1")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
+    p.add_argument("--workers", type=int, default=None, help="data loader processes")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--time-limit", type=float, default=None, help="stop cleanly after this many minutes")
+    p.add_argument("--log-every", type=int, default=None, help="steps between metric lines")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between mid-epoch checkpoints")
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key (repeatable)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from alexnet.training.commands import demo_command
+
+    return demo_command(args)
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job: generate the embedded dataset, train the small AlexNet, evaluate, report",
+        description="Generates the embedded dataset if missing, trains alexnet_small on it on the CPU "
+        "for a few minutes, evaluates it, writes the run directory with its report and prints how "
+        "to open the explorer on the checkpoint.",
+    )
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--minutes", type=float, default=6.0, help="training time budget (default 6)")
+    p.add_argument("--data", default=None, help="dataset instead of the embedded one")
+    p.add_argument("--force", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.set_defaults(func=cmd_demo)
+
+
 # --------------------------------------------------------------------------- parser
 
 # Each entry adds one command (or group) to the parser. Later modules append theirs here.
-COMMANDS = [add_models, add_data, add_explore]
+COMMANDS = [add_models, add_data, add_explore, add_train, add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -164,7 +164,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "onecycle_pct": 0.25,
         "norm_mode": "channel",
         "lighting": 0.1,
-        "crop": 56,
         "num_workers": 0,
         "log_every": 10,
         "checkpoint_minutes": 2.0,

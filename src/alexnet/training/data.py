@@ -9,7 +9,7 @@ a resumed run sees exactly the batches the interrupted one had left.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,14 @@ class HeldOut(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         return self.base[self.indices[i]]
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """A whole batch through the base dataset's fast path when it has one."""
+        mapped = [self.indices[i] for i in indices]
+        if hasattr(self.base, "get_batch"):
+            return self.base.get_batch(mapped)
+        items = [self.base[i] for i in mapped]
+        return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.int64)
 
 
 def _labels(ds: Any) -> list[int] | None:
@@ -109,12 +117,13 @@ def open_splits(path: str | Path, val_split: str, val_fraction: float) -> tuple[
 # --------------------------------------------------------------------------- epoch batches
 
 
-class EpochBatches(Iterable[tuple[Tensor, Tensor]]):
-    """The batches of one epoch for one process, from batch ``start`` on.
+class EpochBatches:
+    """One process's batches, epoch by epoch, over a loader that lives for the whole run.
 
-    The order is a function of (seed, epoch) only, and each process takes every
-    ``world_size``-th index of it (DistributedSampler's rule), so one process with a global
-    batch of B x N sees exactly the union of what N processes with batch B see, step by step.
+    ``make_loader`` deals a (seed, epoch)-determined order round-robin to the processes
+    (DistributedSampler's rule), so one process with a global batch of B x N sees exactly
+    the union of what N processes with batch B see, step by step; ``epoch(e, start)``
+    restarts it at batch ``start`` of epoch ``e`` (resume).
     """
 
     def __init__(
@@ -124,66 +133,36 @@ class EpochBatches(Iterable[tuple[Tensor, Tensor]]):
         *,
         shuffle: bool,
         seed: int,
-        epoch: int,
         rank: int = 0,
         world_size: int = 1,
-        drop_last: bool,
-        start: int = 0,
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
-        self.loader = _make_loader(
+        from alexnet.data.loader import make_loader
+
+        self.loader = make_loader(
             dataset,
-            batch_size=batch_size,
+            batch_size,
             shuffle=shuffle,
             seed=seed,
-            epoch=epoch,
+            epoch=0,
             rank=rank,
             world_size=world_size,
             num_workers=num_workers,
-            drop_last=drop_last,
-            start_batch=start,
+            drop_last=shuffle,
             pin_memory=pin_memory,
         )
-        self.start = start
-        self.total = len(self.loader) + start  # batches in the whole epoch
 
-    def __len__(self) -> int:
-        return self.total - self.start
+    @property
+    def per_epoch(self) -> int:
+        """Batches in a whole epoch."""
+        return self.loader.batches_per_epoch
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``epoch`` from batch ``start`` on."""
+        self.loader.set_epoch(epoch, start)
         # Creating a DataLoader iterator draws a seed from the global RNG; fork it so that the
         # RNG stream the model sees (dropout) does not depend on where an epoch was resumed.
         with torch.random.fork_rng(devices=[]):
             it = iter(self.loader)
         yield from it
-
-
-def _make_loader(
-    dataset: Any,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    epoch: int,
-    rank: int,
-    world_size: int,
-    num_workers: int,
-    drop_last: bool,
-    start_batch: int,
-    pin_memory: bool,
-) -> Any:
-    n = len(dataset)
-    if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    else:
-        order = list(range(n))
-    if world_size > 1:  # pad so every process gets the same number of items
-        order += order[: (-n) % world_size]
-    idx = order[rank::world_size]
-    batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
-    if drop_last and batches and len(batches[-1]) < batch_size:
-        batches.pop()
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches[start_batch:], num_workers=num_workers, pin_memory=pin_memory
-    )

@@ -35,6 +35,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -370,7 +371,9 @@ class Trainer:
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,
         )
-        self.steps_per_epoch = len(self._batches(0, 0))
+        self.train_batches = self._loader(train=True)
+        self.val_batches = self._loader(train=False) if val_set is not None and len(val_set) else None
+        self.steps_per_epoch = self.train_batches.per_epoch
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"config key 'batch_size': {cfg.batch_size} x {self.dist.world_size} process(es) is larger than "
@@ -387,19 +390,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
-    def _batches(self, epoch: int, start: int, train: bool = True) -> EpochBatches:
+    def _loader(self, train: bool) -> EpochBatches:
         cfg = self.cfg
-        ds = self.train_set if train else self.val_set
         return EpochBatches(
-            ds,
+            self.train_set if train else self.val_set,
             cfg.batch_size if train else max(cfg.batch_size, 64),
             shuffle=train,
             seed=cfg.seed,
-            epoch=epoch,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
-            drop_last=train,
-            start=start,
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -521,13 +520,13 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Centre-crop loss, top-1 and top-5 on the validation split (sharded across processes)."""
-        if self.val_set is None or len(self.val_set) == 0:
+        if self.val_batches is None:
             return {}
         self.model.eval()
         k = min(5, len(self.classes))
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, top1, top5, count
         with torch.random.fork_rng(devices=[]):  # evaluation must not move the training RNG
-            for x, y in self._batches(0, 0, train=False):
+            for x, y in self.val_batches.epoch(0):
                 x, y = self._to_device(x, y)
                 with self._autocast():
                     logits = self.model(self._prep(self.eval_tf(x))).float()
@@ -607,7 +606,8 @@ class Trainer:
         zero = torch.zeros((), device=dev)
         status = "completed"
         while self.epoch < cfg.epochs:
-            batches = self._batches(self.epoch, self.batch_in_epoch)
+            total = self.steps_per_epoch
+            batches = self.train_batches.epoch(self.epoch, self.batch_in_epoch)
             loss_sum, correct1, correct5, seen = zero.clone(), zero.clone(), zero.clone(), 0
             epoch_loss, epoch_c1, epoch_c5, epoch_seen = zero.clone(), zero.clone(), zero.clone(), 0
             t_log, n_log = time.perf_counter(), 0
@@ -643,7 +643,7 @@ class Trainer:
                 epoch_seen += y.numel()
                 n_log += 1
 
-                at_log = self.step % cfg.log_every == 0 or self.batch_in_epoch == batches.total
+                at_log = self.step % cfg.log_every == 0 or self.batch_in_epoch == total
                 # Control decisions (stop, checkpoint) must be taken by every process at the same
                 # step: single-process runs decide every step, DDP runs at log points (one sync).
                 control = at_log or not self.dist.enabled
@@ -689,7 +689,7 @@ class Trainer:
                     if reason is not None:
                         status = reason
                         break
-                    if want_ckpt and self.batch_in_epoch < batches.total:
+                    if want_ckpt and self.batch_in_epoch < total:
                         self._check_finite(epoch_loss, log)
                         self.train_time = time0 + time.perf_counter() - t_start
                         self.save()
@@ -703,7 +703,7 @@ class Trainer:
                 if self.is_main:
                     print(f"stopped by signal at epoch {self.epoch} step {self.step}; checkpoint {self.last_path}")
                 return status
-            epoch_done = self.batch_in_epoch >= batches.total
+            epoch_done = self.batch_in_epoch >= total
             if epoch_done:
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -714,15 +714,15 @@ class Trainer:
                 return status
         return status
 
-    def _progress(self, batches: EpochBatches) -> Any:
+    def _progress(self, batches: Iterator[tuple[Tensor, Tensor]]) -> Any:
         if not (self.is_main and self.cfg.progress):
             return batches
         from tqdm import tqdm
 
         return tqdm(
             batches,
-            total=batches.total,
-            initial=batches.start,
+            total=self.steps_per_epoch,
+            initial=self.batch_in_epoch,
             desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
             unit="batch",
             dynamic_ncols=True,
