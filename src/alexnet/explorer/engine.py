@@ -515,7 +515,12 @@ class Engine:
 
     def neighbors(self, a: Analysis, k: int = 8) -> dict[str, Any]:
         idx = self.index
-        base = {"ready": idx.ready.is_set(), "indexed": len(idx.records), "progress": [idx.done, idx.total]}
+        base = {
+            "ready": idx.ready.is_set(),
+            "indexed": len(idx.records),
+            "progress": [idx.done, idx.total],
+            "dim": int(a.fc7.shape[0]),
+        }
         if "train" not in self.splits:
             return {**base, "available": False, "neighbors": []}
         if not idx.ready.is_set():
