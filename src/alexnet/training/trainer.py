@@ -560,7 +560,10 @@ class Trainer:
                 "or choose another --out"
             )
         if self.is_main:
-            self._write_config()
+            try:
+                self._write_config()
+            except OSError as exc:
+                raise TrainingError(f"cannot write {self.run_dir / 'config.json'}: {exc}; nothing was changed") from exc
         log = RunLog(self.run_dir, self.is_main, cfg.tensorboard, self.step if resumed else None)
         try:
             with _StopFlag() as stop:
@@ -786,7 +789,13 @@ class Trainer:
 
     def _finish(self, status: str) -> TrainResult:
         if self.is_main:
-            save_safetensors(self.run_dir / "model.safetensors", self.model_state(), self.meta)
+            try:
+                save_safetensors(self.run_dir / "model.safetensors", self.model_state(), self.meta)
+            except OSError as exc:
+                raise TrainingError(
+                    f"training finished but {self.run_dir / 'model.safetensors'} could not be written ({exc}); "
+                    f"the weights are safe in {self.last_path}"
+                ) from exc
         val = self.last_val
         result = TrainResult(
             run_dir=str(self.run_dir),
@@ -810,7 +819,10 @@ class Trainer:
         if self.is_main:
             from alexnet.checkpoint import atomic_write_bytes
 
-            atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+            try:
+                atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+            except OSError as exc:
+                print(f"warning: could not write summary.json ({exc})", file=sys.stderr)
         D.barrier()
         return result
 
