@@ -66,7 +66,7 @@ function renderStatus() {
   [...$("pips").children].forEach((pip, i) => pip.classList.toggle("on", i < state.revealed));
   const ready = Boolean(state.analysis) && !state.revealing;
   $("reveal").disabled = !ready || state.revealed >= LAYERS.length;
-  $("reveal").textContent = state.revealed >= LAYERS.length ? "All layers revealed" : `Reveal ${LAYERS[state.revealed]}`;
+  $("reveal").textContent = state.revealed >= LAYERS.length ? "Fully revealed" : `Reveal ${LAYERS[state.revealed]}`;
   $("reset").disabled = !state.current || state.revealed === 0;
 }
 
