@@ -189,3 +189,42 @@ def test_bad_settings_are_clear_errors(tmp_path):
         train(tiny_config(tmp_path / "b", batch_size=500), train_set=Blobs(), val_set=None)
     with pytest.raises(ConfigError, match="'model'"):
         train(tiny_config(tmp_path / "c", model="lenet"), train_set=Blobs(), val_set=None)
+
+
+# --------------------------------------------------------------------------- helpers for the subprocess tests
+
+
+def write_folder_dataset(root: Path, classes: int = 4, train: int = 24, val: int = 6, size: int = 16) -> Path:
+    """An ImageNet-layout folder (train/, val/ with class folders) of small PNG files."""
+    from PIL import Image
+
+    ds = Blobs(classes * (train + val), classes=classes, size=size, seed=3)
+    counts: dict[tuple[str, int], int] = {}
+    for i in range(len(ds)):
+        x, y = ds[i]
+        k = counts.get(("n", y), 0)
+        counts[("n", y)] = k + 1
+        split = "train" if k < train else "val"
+        folder = root / split / f"class{y}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(folder / f"{k:03d}.png")
+    return root
+
+
+def cli_env() -> dict[str, str]:
+    """One thread per process: faster on a shared 2-core machine, and identical float order
+    in every run (exact-resume comparisons)."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--data", str(data), "--out", str(out), "--preset", "demo",
+        "--set", "model_options={width: 0.125, fc_dim: 128}", "--crop", "12",
+        "--batch-size", "8", "--workers", "0", "--no-progress", "--no-tensorboard", "--deterministic",
+        *extra,
+    ]

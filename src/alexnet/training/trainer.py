@@ -552,8 +552,15 @@ class Trainer:
         D.barrier()
         if self.resume:
             resumed = self.load()
-            if not resumed and self.is_main:
-                print(f"note: nothing to resume in {self.ckpt_dir}; starting fresh", file=sys.stderr)
+            if self.is_main:
+                if resumed:
+                    print(
+                        f"resumed from {self.last_path}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, "
+                        f"step {self.step}" + (f" (restart {self.dist.restart_count})" if self.dist.restart_count else ""),
+                        flush=True,
+                    )
+                else:
+                    print(f"note: nothing to resume in {self.ckpt_dir}; starting fresh", file=sys.stderr)
         elif self.last_path.exists():
             raise TrainingError(
                 f"{self.run_dir} already holds a run ({self.last_path}); pass --resume to continue it "
