@@ -566,6 +566,7 @@ class Engine:
             "layers": [{"layer": name, "role": r[0], "description": r[1]} for name, r in LAYER_ROLES.items()],
             "data": None if self.data is None else self.data.name,
             "gallery_size": len(self.gallery),
+            "top_channels": self.top_channels,
             "neighbors": {
                 "available": "train" in self.splits,
                 "ready": self.index.ready.is_set(),

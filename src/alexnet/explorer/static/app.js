@@ -195,7 +195,8 @@ function renderLayerSlots() {
   LAYERS.forEach((name, i) => {
     const shape = state.analysis?.layers[i]?.shape;
     const placeholders = el("ul", { class: "tiles", "aria-hidden": "true" });
-    for (let k = 0; k < 6; k++) placeholders.append(el("li", { class: "placeholder-tile" }));
+    const count = Math.min(state.info?.top_channels || 8, shape ? shape[0] : 8);
+    for (let k = 0; k < count; k++) placeholders.append(el("li", { class: "placeholder-tile" }));
     list.append(el("li", { class: "layer hidden-layer", id: `layer-${name}`, "data-layer": name },
       el("div", { class: "layer-head" },
         el("b", { text: name }),
