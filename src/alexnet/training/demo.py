@@ -21,43 +21,58 @@ import torch.nn.functional as F
 from alexnet.training.config import TrainConfig, from_dict, preset
 from alexnet.training.trainer import TrainResult, default_crop, train
 
-# Of the budget, the share kept for what follows training (final validation, report).
+# Of the budget, the share kept for the set-up and what follows training (report).
 _AFTER_TRAINING = 0.08
 _MAX_EPOCHS = 40
 
 
-def probe_images_per_s(cfg: TrainConfig, num_classes: int, seconds: float = 3.0) -> float:
-    """Training images per second of this config's model on this machine (random inputs,
-    forward + backward + SGD step), on a throwaway copy so the real run is untouched."""
+def probe_epoch_seconds(cfg: TrainConfig, train_set: Any, val_images: int, seconds: float = 3.0) -> float:
+    """Seconds one epoch (training + validation) of this config takes on this machine.
+
+    Times the real work per image: decoding a few real batches, then augmentation and
+    forward + backward + SGD steps of a throwaway copy of the model (the real run is
+    untouched), for about ``seconds`` in all.
+    """
+    from alexnet.data.loader import make_loader
+    from alexnet.data.transforms import TrainAugment
     from alexnet.models import create_model
 
     with torch.random.fork_rng(devices=[]):
+        loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=0, drop_last=False)
+        t0, decoded, batches = time.perf_counter(), 0, []
+        for x, y in loader:
+            batches.append((x, y))
+            decoded += len(y)
+            if len(batches) >= 2 or time.perf_counter() - t0 > seconds / 3:
+                break
+        decode_s = (time.perf_counter() - t0) / max(decoded, 1)
+
         options = dict(cfg.model_options)
         options.setdefault("input_size", cfg.crop)
-        model = create_model(cfg.model, num_classes=num_classes, **options)
+        model = create_model(cfg.model, num_classes=len(train_set.classes), **options)
+        augment = TrainAugment(cfg.crop, train_set.stats, cfg.norm_mode, lighting=cfg.lighting)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        x = torch.randn(cfg.batch_size, 3, cfg.crop, cfg.crop)
-        y = torch.randint(0, num_classes, (cfg.batch_size,))
-        done, t0, start = 0, None, time.perf_counter()
+        done, t1, start = 0, None, time.perf_counter()
         for i in range(1000):
-            loss = F.cross_entropy(model(x), y)
+            x, y = batches[i % len(batches)]
+            loss = F.cross_entropy(model(augment(x)), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             if i == 1:  # the first two steps warm up allocators and kernels
-                t0 = time.perf_counter()
+                t1 = time.perf_counter()
             elif i > 1:
-                done += cfg.batch_size
-                if time.perf_counter() - start > seconds and done >= 2 * cfg.batch_size:
+                done += len(y)
+                if time.perf_counter() - start > seconds * 2 / 3 and done >= 2 * len(y):
                     break
-    return done / max(time.perf_counter() - (t0 or start), 1e-9)
+        step_s = (time.perf_counter() - (t1 or start)) / max(done, 1)
+    # evaluation: decode + a forward pass (about a third of a training step)
+    return len(train_set) * (decode_s + step_s) + val_images * (decode_s + step_s / 3)
 
 
-def plan_epochs(train_images: int, images_per_s: float, train_seconds: float, data_overhead: float = 1.15) -> int:
-    """Whole epochs that fit ``train_seconds`` at ``images_per_s`` (plus decoding and
-    validation overhead), at least 1."""
-    per_epoch = train_images / max(images_per_s, 1e-9) * data_overhead
-    return max(1, min(_MAX_EPOCHS, math.floor(train_seconds / per_epoch)))
+def plan_epochs(epoch_seconds: float, train_seconds: float) -> int:
+    """Whole epochs that fit ``train_seconds``, at least 1 (at most 40)."""
+    return max(1, min(_MAX_EPOCHS, math.floor(train_seconds / max(epoch_seconds, 1e-9))))
 
 
 def run_demo(
@@ -84,11 +99,12 @@ def run_demo(
     cfg.crop = cfg.crop or default_crop(cfg.model, train_set.image_size, train_set.image_size)
     budget = max(0.05, minutes) * 60 * (1 - _AFTER_TRAINING)
     if "epochs" not in (overrides or {}):
-        ips = probe_images_per_s(cfg, len(train_set.classes))
-        cfg.epochs = plan_epochs(len(train_set), ips, budget)
+        val_images = len(open_dataset(data, cfg.val_split, validate="none")) if (data / cfg.val_split).is_dir() else 0
+        epoch_s = probe_epoch_seconds(cfg, train_set, val_images, seconds=min(3.0, max(1.0, budget / 20)))
+        cfg.epochs = plan_epochs(epoch_s, budget)
         print(
-            f"demo: {len(train_set)} training images, {len(train_set.classes)} classes; "
-            f"{ips:.0f} images/s here -> {cfg.epochs} epochs in about {budget / 60:.1f} min",
+            f"demo: {len(train_set)} training images, {len(train_set.classes)} classes; about {epoch_s:.0f} s "
+            f"per epoch here -> {cfg.epochs} epochs in {budget / 60:.1f} min",
             flush=True,
         )
     cfg.time_limit_minutes = budget / 60
