@@ -40,7 +40,7 @@ import numpy as np
 import simplejpeg
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from alexnet.data.decode import DecodeError, encode_jpeg, read_image, resize_center_crop
 from alexnet.data.folder import (
@@ -541,6 +541,8 @@ class PreparedDataset(Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         s = self.image_size
         out = torch.empty((len(idx), 3, s, s), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            out.share_memory_()  # fill it in place: sending it to the main process then costs no copy
         arr = out.numpy()
         if self.encoding == "raw":
             raw = 3 * s * s
