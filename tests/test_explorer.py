@@ -214,6 +214,43 @@ def test_bad_uploads_get_4xx_json(client: TestClient, files: dict, status: int) 
 
 
 @pytest.mark.reliability
+def test_cached_upload_still_checked(client: TestClient) -> None:
+    data = _png(seed=3)
+    assert client.post("/api/predict", files={"file": ("a.png", data, "image/png")}).status_code == 200
+    assert client.post("/api/predict", files={"file": ("a.png", data, "text/html")}).status_code == 415
+
+
+@pytest.mark.reliability
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alexnet.cli import main
+
+    assert main(["explore", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 not a checkpoint")
+    assert main(["explore", "--checkpoint", str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_data_from_the_run_config(tmp_path: Path, assets: tuple[Path, Path]) -> None:
+    """`alexnet explore --checkpoint RUN/checkpoints/best.pt` finds the run's dataset by itself."""
+    import json
+
+    from alexnet.explorer.app import guess_data
+
+    ck = tmp_path / "run" / "checkpoints" / "best.pt"
+    ck.parent.mkdir(parents=True)
+    ck.write_bytes(assets[0].read_bytes())
+    assert guess_data(ck) is None  # no config.json
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"data": str(assets[1])}))
+    assert guess_data(ck) == assets[1]
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"data": str(tmp_path / "gone")}))
+    assert guess_data(ck) is None
+    (tmp_path / "run" / "config.json").write_text("{not json")
+    assert guess_data(ck) is None
+
+
+@pytest.mark.reliability
 def test_bad_requests_and_traversal(client: TestClient) -> None:
     assert client.post("/api/predict", json={"file": "x"}).status_code == 415
     assert client.post("/api/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}).status_code == 422

@@ -114,7 +114,11 @@ class UploadGate:
 
 
 def guess_data(checkpoint: str | Path) -> Path | None:
-    """The dataset a run was trained on, from ``RUN/config.json`` next to its checkpoint."""
+    """The dataset a run was trained on, from ``RUN/config.json`` next to its checkpoint.
+
+    ``"data": null`` in the config means the embedded synthetic dataset. A path that no
+    longer exists gives None (the explorer then works on uploads alone).
+    """
     ck = Path(checkpoint).resolve()
     for run in (ck.parent, ck.parent.parent):
         cfg = run / "config.json"
@@ -124,8 +128,16 @@ def guess_data(checkpoint: str | Path) -> Path | None:
             data = json.loads(cfg.read_text())["data"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if isinstance(data, str) and Path(data).is_dir():
-            return Path(data)
+        if data is None:
+            from alexnet.data import synth
+
+            path = synth.embedded_dataset_path()
+            return path if synth.is_complete(path) else None
+        if isinstance(data, str):
+            for candidate in (Path(data), run / data):
+                if candidate.is_dir():
+                    return candidate
+        return None
     return None
 
 

@@ -360,8 +360,8 @@ class Engine:
 
     # ------------------------------------------------------------------ uploads
 
-    def decode_upload(self, data: bytes, content_type: str | None) -> np.ndarray:
-        """Untrusted upload bytes -> uint8 [S, S, 3], or :class:`ExplorerError` (4xx)."""
+    def check_upload(self, data: bytes, content_type: str | None) -> None:
+        """Refuse what is not worth decoding: a wrong content type, no bytes, too many bytes."""
         ctype = (content_type or "").split(";")[0].strip().lower()
         if ctype not in ALLOWED_CONTENT_TYPES:
             raise ExplorerError(415, f"unsupported content type {ctype or 'none'!r}: upload a JPEG, PNG, GIF, WebP or BMP image")
@@ -369,6 +369,14 @@ class Engine:
             raise ExplorerError(400, "the uploaded file is empty")
         if len(data) > self.max_upload_bytes:
             raise ExplorerError(413, f"upload of {len(data)} bytes exceeds the limit of {self.max_upload_bytes}")
+
+    def decode_upload(self, data: bytes, content_type: str | None) -> np.ndarray:
+        """Untrusted upload bytes -> uint8 [S, S, 3], or :class:`ExplorerError` (4xx).
+
+        The format is sniffed from the bytes; pixels are counted from the header before any
+        decoding, and JPEGs are decoded straight at reduced size (DCT scaling) when large.
+        """
+        self.check_upload(data, content_type)
         s = self.meta.image_size
         with self._decode_slots:
             try:
@@ -467,6 +475,7 @@ class Engine:
 
     def analyse_upload(self, data: bytes, content_type: str | None, filename: str | None) -> Analysis:
         """Analysis of uploaded bytes; identical uploads share one cached result."""
+        self.check_upload(data, content_type)  # before the cache: a hit must pass the same checks
         key = "upload-" + hashlib.sha256(data).hexdigest()[:24]
         name = _display_name(filename)
 
@@ -585,7 +594,7 @@ class Engine:
 
     # ------------------------------------------------------------------ retrieval index
 
-    def build_index(self, batch_size: int = 64) -> None:
+    def build_index(self, batch_size: int = 32) -> None:
         """fc7 features of up to ``index_size`` training images (class-balanced); run once."""
         idx = self.index
         ds = self.splits.get("train")
