@@ -848,9 +848,8 @@ def train(
     opened from ``config.data`` (default: the embedded dataset). ``resume`` continues from
     ``RUN/checkpoints/last.pt``. Raises :class:`TrainingError` when the run cannot go on.
     """
-    trainer = Trainer(config, train_set=train_set, val_set=val_set, resume=resume)
     try:
-        return trainer.fit()
+        return Trainer(config, train_set=train_set, val_set=val_set, resume=resume).fit()
     finally:
         D.cleanup()
 
