@@ -420,7 +420,7 @@ def test_page_in_chromium(server: Server, tmp_path: Path) -> None:
                 sync_api.expect(page.locator("#neighbors li")).to_have_count(8, timeout=15_000)
                 assert page.eval_on_selector("#kernels", "e => e.naturalWidth") > 0
                 assert page.locator("#chart svg circle").count() == 8
-                page.wait_for_timeout(300)  # let the last transitions settle for the picture
+                page.wait_for_timeout(700)  # let the last transitions settle for the picture
                 page.screenshot(path=str(artifacts / f"explorer-{device}.png"), full_page=True)
                 if device == "laptop":  # an upload goes through the same reveal
                     page.set_input_files("#upload", files=[{"name": "my_photo.png", "mimeType": "image/png", "buffer": _png((120, 90), seed=7)}])

@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from alexnet.explorer.engine import CONV_LAYERS, Analysis, Engine, ExplorerError, data_url
+from alexnet.explorer.engine import CONV_LAYERS, Analysis, Engine, ExplorerError
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -211,7 +211,7 @@ def create_app(
         return {
             "id": a.id,
             "name": a.name,
-            "input": data_url(a.crop_png),
+            "input": a.crop,
             "layers": [
                 {k: v for k, v in a.layers[name].items() if k != "channels"} for name in CONV_LAYERS
             ],

@@ -103,8 +103,13 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def data_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def jpeg_url(rgb: np.ndarray) -> str:
+    """Photographic pictures (the input, overlays) as JPEG: a fraction of the PNG's size."""
+    return data_url(encode_jpeg(rgb, quality=88), "image/jpeg")
 
 
 def _upscale(rgb: np.ndarray, min_side: int) -> np.ndarray:
@@ -189,7 +194,7 @@ class Analysis:
     id: str
     name: str
     true_index: int | None  # index into the model's classes, when the label is known
-    crop_png: bytes  # the input patch the network saw (before normalisation)
+    crop: str  # data URL of the input patch the network saw (before normalisation)
     layers: dict[str, dict[str, Any]]  # per conv layer: shape, strongest channels, summary overlay
     probs: np.ndarray  # [num_classes]
     fc7: np.ndarray  # [D] float32 for retrieval
@@ -430,14 +435,14 @@ class Engine:
                 "shape": [int(d) for d in a.shape],
                 "active_fraction": round(float((a > 0).mean()), 4),
                 "channels": channels,
-                "overlay": data_url(png_bytes(overlay(big_crop, summary))),
+                "overlay": jpeg_url(overlay(big_crop, summary)),
             }
         probs = torch.softmax(acts["fc8"][0], 0).numpy()
         return Analysis(
             id=key,
             name=name,
             true_index=true_index,
-            crop_png=png_bytes(big_crop),
+            crop=jpeg_url(big_crop),
             layers=layers,
             probs=probs,
             fc7=acts["fc7"][0].numpy().astype(np.float32),
