@@ -1,0 +1,257 @@
+"""The report's figures, drawn with matplotlib's Agg backend (no display needed).
+
+Every function writes one PNG of a fixed size (``figsize`` x ``DPI``; no tight bounding
+box, so the pixel size is predictable) and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from torch import Tensor
+
+DPI = 100
+
+# ILSVRC winners' top-5 error in percent (SPEC.md). 2012: AlexNet, 16.4 (15.3 with extra data).
+IMAGENET_TIMELINE: tuple[tuple[int, float, str], ...] = (
+    (2010, 28.2, "NEC-UIUC"),
+    (2011, 25.8, "XRCE"),
+    (2012, 16.4, "SuperVision (AlexNet)"),
+    (2013, 11.7, "Clarifai"),
+    (2014, 6.7, "GoogLeNet"),
+    (2015, 3.57, "ResNet"),
+    (2016, 2.99, "Trimps-Soushen"),
+    (2017, 2.25, "SENet"),
+)
+ALEXNET_EXTRA_DATA = 15.3
+HUMAN_TOP5_ERROR = 5.1
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    plt.close(fig)
+    return path
+
+
+def _figure(width: float, height: float, **kwargs: Any) -> plt.Figure:
+    return plt.figure(figsize=(width, height), dpi=DPI, layout="constrained", **kwargs)
+
+
+def _hwc(image: Tensor | np.ndarray) -> np.ndarray:
+    """uint8 [3, H, W] tensor or [H, W, 3] array -> [H, W, 3] array for imshow."""
+    if isinstance(image, Tensor):
+        image = image.detach().cpu()
+        return image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image.numpy()
+    return image
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def _series(records: Sequence[dict[str, Any]], kind: str, key: str, x: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if r.get("kind") == kind and isinstance(v, int | float) and math.isfinite(v) and r.get(x) is not None:
+            xs.append(float(r[x]))
+            ys.append(float(v))
+    return xs, ys
+
+
+def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Loss, train/val top-1 and top-5 error, and the learning rate, from ``metrics.jsonl`` records.
+
+    Loss and learning rate are drawn per logged step (falling back to per epoch);
+    accuracies per epoch, as errors in percent like the paper's tables.
+    """
+    fig = _figure(15, 4.2)
+    ax_loss, ax_err, ax_lr = fig.subplots(1, 3)
+
+    steps = any(r.get("kind") == "step" for r in records)
+    kind, x = ("step", "step") if steps else ("epoch", "epoch")
+    xs, ys = _series(records, kind, "loss", x)
+    if xs:
+        ax_loss.plot(xs, ys, lw=1, alpha=0.8, label="train loss")
+    vx, vy = _series(records, "epoch", "val_loss", "step" if steps else "epoch")
+    if vx:
+        ax_loss.plot(vx, vy, "o-", lw=1.5, label="val loss")
+    ax_loss.set(title="loss", xlabel=x, ylabel="cross-entropy")
+
+    for key, style in (("train_top1", "C0--"), ("train_top5", "C1--"), ("val_top1", "C0o-"), ("val_top5", "C1o-")):
+        ex, ey = _series(records, "epoch", key, "epoch")
+        if ex:
+            ax_err.plot(ex, [100 * (1 - v) for v in ey], style, lw=1.5, ms=4, label=key.replace("_", " ") + " error")
+    ax_err.set(title="top-1 / top-5 error", xlabel="epoch", ylabel="error (%)")
+
+    lx, ly = _series(records, kind, "lr", x)
+    if lx:
+        ax_lr.plot(lx, ly, "C2", lw=1.5)
+        if max(ly) > 0 and min(ly) > 0 and max(ly) / min(ly) > 20:
+            ax_lr.set_yscale("log")
+    ax_lr.set(title="learning rate", xlabel=x, ylabel="lr")
+
+    for ax in (ax_loss, ax_err, ax_lr):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- confusion matrix
+
+
+def plot_confusion(confusion: Tensor | np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
+    """Row-normalised confusion matrix (true class down, predicted across).
+
+    Up to 30 classes are labelled and counted cell by cell; larger matrices (ImageNet's
+    1000 x 1000) are drawn as an image, where the diagonal and confused blocks still show.
+    Only classes that occur (rows with images) or are predicted are kept.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    used = np.flatnonzero((cm.sum(1) > 0) | (cm.sum(0) > 0))
+    cm = cm[np.ix_(used, used)]
+    names = [class_names[i] for i in used]
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(used)
+    fig = _figure(9, 8)
+    ax = fig.subplots()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    if n <= 30:
+        ax.set_xticks(range(n), [s[:18] for s in names], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), [s[:18] for s in names], fontsize=8)
+        if n <= 15:
+            for i in range(n):
+                for j in range(n):
+                    if cm[i, j]:
+                        color = "white" if norm[i, j] > 0.5 else "black"
+                        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({n} classes, rows normalised)")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- top-5 predictions
+
+
+def plot_top5(
+    images: Sequence[Tensor | np.ndarray],
+    predictions: Sequence[Sequence[tuple[str, float]]],
+    true_labels: Sequence[str | None],
+    path: str | Path,
+    cols: int = 4,
+) -> Path:
+    """Each image above its five most probable labels as bars (the paper's Figure 4, left).
+
+    The bar of the correct label is green; if the correct label is not among the five,
+    it is named under the image in red.
+    """
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = max(1, math.ceil(n / cols))
+    fig = _figure(3.2 * cols, 4.4 * rows)
+    grid = fig.add_gridspec(rows * 2, cols, height_ratios=[3, 2] * rows)
+    for i, (image, preds, truth) in enumerate(zip(images, predictions, true_labels, strict=True)):
+        r, c = divmod(i, cols)
+        ax_im = fig.add_subplot(grid[2 * r, c])
+        ax_im.imshow(_hwc(image))
+        ax_im.set_xticks([])
+        ax_im.set_yticks([])
+        hit = any(name == truth for name, _ in preds)
+        title = truth if truth is not None else ""
+        ax_im.set_title(title[:28], fontsize=9, color="black" if hit or truth is None else "C3")
+        ax_bar = fig.add_subplot(grid[2 * r + 1, c])
+        names = [name for name, _ in preds][::-1]
+        probs = [p for _, p in preds][::-1]
+        colors = ["C2" if name == truth else "C0" for name in names]
+        ax_bar.barh(range(len(names)), probs, color=colors)
+        ax_bar.set_yticks(range(len(names)), [s[:22] for s in names], fontsize=8)
+        ax_bar.set_xlim(0, 1)
+        ax_bar.tick_params(axis="x", labelsize=7)
+        if truth is not None and not hit:
+            ax_bar.set_xlabel(f"true: {truth[:24]} (not in top 5)", fontsize=7, color="C3")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+def plot_retrieval(
+    queries: Sequence[Tensor | np.ndarray],
+    neighbours: Sequence[Sequence[Tensor | np.ndarray]],
+    path: str | Path,
+    query_labels: Sequence[str] = (),
+    neighbour_match: Sequence[Sequence[bool]] = (),
+) -> Path:
+    """Each query (first column) with its nearest training images (the paper's Figure 4, right).
+
+    ``neighbour_match`` marks neighbours of the query's class with a green frame, others red.
+    """
+    rows = len(queries)
+    cols = 1 + max((len(n) for n in neighbours), default=0)
+    fig = _figure(1.6 * cols + 0.4, 1.7 * rows + 0.3)
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.imshow(_hwc(queries[r]))
+                for spine in ax.spines.values():
+                    spine.set(color="black", linewidth=3)
+                if query_labels:
+                    ax.set_ylabel(query_labels[r][:16], fontsize=8)
+            elif c - 1 < len(neighbours[r]):
+                ax.imshow(_hwc(neighbours[r][c - 1]))
+                if neighbour_match:
+                    color = "C2" if neighbour_match[r][c - 1] else "C3"
+                    for spine in ax.spines.values():
+                        spine.set(color=color, linewidth=2.5)
+            else:
+                ax.axis("off")
+    axes[0, 0].set_title("query", fontsize=9)
+    for c in range(1, cols):
+        axes[0, c].set_title(f"#{c}", fontsize=9)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- ImageNet timeline
+
+
+def plot_timeline(path: str | Path, run_top5_error: float | None = None, run_label: str = "this run") -> Path:
+    """ILSVRC winners' top-5 error by year, the human line, and optionally this run's result.
+
+    ``run_top5_error`` is a fraction (0..1); it is placed at 2012, AlexNet's year.
+    """
+    years = [y for y, _, _ in IMAGENET_TIMELINE]
+    errors = [e for _, e, _ in IMAGENET_TIMELINE]
+    fig = _figure(9, 5)
+    ax = fig.subplots()
+    colors = ["C3" if y == 2012 else "C0" for y in years]
+    ax.bar(years, errors, color=colors, width=0.6)
+    for y, e, _ in IMAGENET_TIMELINE:
+        ax.text(y, e + 0.6, f"{e:g}", ha="center", fontsize=9)
+    ax.plot([2012], [ALEXNET_EXTRA_DATA], "v", color="white", mec="black", label=f"AlexNet with extra data ({ALEXNET_EXTRA_DATA})")
+    ax.axhline(HUMAN_TOP5_ERROR, color="0.3", ls="--", lw=1.2, label=f"human (~{HUMAN_TOP5_ERROR}%)")
+    if run_top5_error is not None:
+        pct = 100 * run_top5_error
+        ax.plot([2012.35], [pct], "*", ms=16, color="gold", mec="black", label=f"{run_label}: {pct:.1f}%")
+    ax.set(ylabel="top-5 error (%)", title="ImageNet classification: winners' top-5 error")
+    ax.set_xticks(years, [f"{y}\n{who.replace(' (', chr(10) + '(')}" for y, _, who in IMAGENET_TIMELINE], fontsize=8)
+    ax.set_ylim(0, max(errors + ([100 * run_top5_error] if run_top5_error is not None else [])) * 1.12)
+    ax.legend(loc="upper right", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
