@@ -254,7 +254,7 @@ def test_data_from_the_run_config(tmp_path: Path, assets: tuple[Path, Path]) -> 
 def test_bad_requests_and_traversal(client: TestClient) -> None:
     assert client.post("/api/predict", json={"file": "x"}).status_code == 415
     assert client.post("/api/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}).status_code == 422
-    bad_ids = ["..", "../../etc/passwd", "val-999999", "val-1.jpg", "train--1", "upload-abc", "%2e%2e%2fapp.py", "val-1/../../x"]
+    bad_ids = ["..", "../../etc/passwd", "val-999999", "val-1.jpg", "train--1", "upload-abc", "%2e%2e%2fapp.py", "val-1/../../x", "val-1%0A", "val-" + "9" * 40]
     for bad in bad_ids:
         r = client.get(f"/api/images/{bad}")
         assert r.status_code == 404, (bad, r.status_code)

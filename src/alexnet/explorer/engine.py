@@ -63,7 +63,7 @@ HUMAN_TOP5_ERROR = 5.1  # Russakovsky et al. 2015
 ALLOWED_CONTENT_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/webp", "image/bmp"}
 )
-_ID_RE = re.compile(r"^(val|train|upload)-([0-9a-f]{1,32})$")
+_ID_RE = re.compile(r"(val|train)-([0-9]{1,9})")  # used with fullmatch: no trailing newline slips through
 
 
 class ExplorerError(Exception):
@@ -323,13 +323,11 @@ class Engine:
 
     def parse_id(self, image_id: str) -> tuple[str, int]:
         """A dataset image id ``val-12`` / ``train-345`` -> (split, index); anything else is a 404."""
-        m = _ID_RE.match(image_id or "")
-        if not m or m.group(1) == "upload" or not m.group(2).isdigit():
-            raise ExplorerError(404, f"no image {image_id!r}")
+        m = _ID_RE.fullmatch(image_id or "")
+        ds = self.splits.get(m.group(1)) if m else None
+        if m is None or ds is None or not 0 <= int(m.group(2)) < len(ds):
+            raise ExplorerError(404, f"no image {image_id[:60]!r}")
         split, index = m.group(1), int(m.group(2))
-        ds = self.splits.get(split)
-        if ds is None or not 0 <= index < len(ds):
-            raise ExplorerError(404, f"no image {image_id!r}")
         return split, index
 
     def _load_item(self, split: str, index: int) -> tuple[np.ndarray, int]:
