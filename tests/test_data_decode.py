@@ -1,0 +1,214 @@
+"""Decoding untrusted files: every bad case is decoded correctly as RGB or a typed DecodeError."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.data.decode import (
+    DecodeError,
+    decode_image,
+    load_resized,
+    probe_image,
+    read_image,
+    resize_center_crop,
+)
+
+
+def _save(img: Image.Image, path: Path, fmt: str, **kw) -> Path:
+    img.save(path, format=fmt, **kw)
+    return path
+
+
+def _gradient(w: int = 48, h: int = 32) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), np.full_like(x, 90)], -1).astype(np.uint8)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` (a decompression bomb's calling card)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(body)
+    return path
+
+
+def test_rgb_jpeg_fast_path_matches_pil(tmp_path):
+    arr = _gradient()
+    p = _save(Image.fromarray(arr), tmp_path / "a.JPEG", "JPEG", quality=95)
+    out = read_image(p)
+    assert out.shape == (32, 48, 3) and out.dtype == np.uint8
+    ref = np.asarray(Image.open(p).convert("RGB"))
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 3  # libjpeg-turbo vs PIL's libjpeg: rounding only
+    assert np.abs(out.astype(int) - arr.astype(int)).mean() < 4
+
+
+def test_zero_byte_file(tmp_path):
+    p = tmp_path / "empty.JPEG"
+    p.write_bytes(b"")
+    with pytest.raises(DecodeError) as e:
+        read_image(p)
+    assert e.value.reason == "empty" and e.value.path == str(p)
+    with pytest.raises(DecodeError):
+        probe_image(p)
+
+
+def test_truncated_jpeg(tmp_path):
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = io.BytesIO()
+    Image.fromarray(noisy).save(data, format="JPEG", quality=90)
+    p = tmp_path / "cut.JPEG"
+    p.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    with pytest.raises(DecodeError) as e:
+        read_image(p)
+    assert e.value.reason in ("truncated", "corrupt")
+    assert e.value.path == str(p)
+
+
+def test_corrupt_jpeg_body(tmp_path):
+    data = io.BytesIO()
+    Image.fromarray(_gradient()).save(data, format="JPEG")
+    raw = bytearray(data.getvalue())
+    raw[200:] = b"\x00" * (len(raw) - 200)  # header intact, entropy-coded data destroyed
+    p = tmp_path / "bad.JPEG"
+    p.write_bytes(bytes(raw))
+    with pytest.raises(DecodeError) as e:
+        read_image(p)
+    assert e.value.reason in ("truncated", "corrupt")
+
+
+def test_html_behind_jpeg_name(tmp_path):
+    p = tmp_path / "page.JPEG"
+    p.write_text("<html><body>404 not found</body></html>")
+    with pytest.raises(DecodeError) as e:
+        read_image(p)
+    assert e.value.reason == "not_an_image"
+    with pytest.raises(DecodeError) as e:
+        probe_image(p)
+    assert e.value.reason == "not_an_image"
+
+
+def test_png_behind_jpeg_name_decodes(tmp_path):
+    arr = _gradient()
+    p = _save(Image.fromarray(arr), tmp_path / "really_png.JPEG", "PNG")
+    np.testing.assert_array_equal(read_image(p), arr)  # lossless: exact
+
+
+def test_cmyk_jpeg_to_rgb(tmp_path):
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:, :8] = (200, 30, 30)
+    rgb[:, 8:] = (30, 30, 200)
+    p = _save(Image.fromarray(rgb).convert("CMYK"), tmp_path / "cmyk.JPEG", "JPEG", quality=95)
+    assert Image.open(p).mode == "CMYK"
+    out = read_image(p)
+    assert out.shape == (16, 16, 3)
+    assert out[:, :6].mean(axis=(0, 1))[0] > 150 and out[:, :6].mean(axis=(0, 1))[2] < 80  # still red
+    assert out[:, 10:].mean(axis=(0, 1))[2] > 150  # still blue
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_greyscale_to_three_equal_channels(tmp_path, fmt):
+    grey = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8)
+    p = _save(Image.fromarray(grey, "L"), tmp_path / f"g.{fmt.lower()}", fmt)
+    out = read_image(p)
+    assert out.shape == (32, 32, 3)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    if fmt == "PNG":
+        np.testing.assert_array_equal(out[..., 0], grey)
+
+
+def test_palette_png_with_transparency_on_white(tmp_path):
+    img = Image.new("P", (8, 8))
+    img.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    px = np.zeros((8, 8), np.uint8)
+    px[:, 4:] = 1
+    img.putdata(px.flatten().tolist())
+    img.info["transparency"] = 0  # index 0 (red) fully transparent
+    p = tmp_path / "pal.png"
+    img.save(p, transparency=0)
+    out = read_image(p)
+    np.testing.assert_array_equal(out[0, 0], [255, 255, 255])  # transparent -> white, not red
+    np.testing.assert_array_equal(out[0, 7], [0, 255, 0])
+
+
+def test_rgba_png_composited(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 2] = 255
+    rgba[..., 3] = 0
+    rgba[0, 0, 3] = 255
+    p = _save(Image.fromarray(rgba, "RGBA"), tmp_path / "a.png", "PNG")
+    out = read_image(p)
+    np.testing.assert_array_equal(out[0, 0], [0, 0, 255])
+    np.testing.assert_array_equal(out[1, 1], [255, 255, 255])
+
+
+def test_16bit_greyscale_png_is_rescaled(tmp_path):
+    a16 = np.array([[0, 257 * 128, 65535, 257 * 10]], dtype=np.uint16)
+    p = tmp_path / "deep.png"
+    Image.fromarray(a16).save(p)  # saved as a 16-bit greyscale PNG
+    assert Image.open(p).mode.startswith("I")
+    out = read_image(p)
+    np.testing.assert_array_equal(out[0, :, 0], [0, 128, 255, 10])
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path):
+    p = _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    with pytest.raises(DecodeError) as e:
+        read_image(p)
+    assert e.value.reason == "too_large"
+    with pytest.raises(DecodeError) as e:
+        probe_image(p)
+    assert e.value.reason == "too_large"
+    # the cap also applies to JPEG headers (simplejpeg path)
+    j = _save(Image.fromarray(_gradient(64, 64)), tmp_path / "big.JPEG", "JPEG")
+    with pytest.raises(DecodeError) as e:
+        read_image(j, max_pixels=1000)
+    assert e.value.reason == "too_large"
+
+
+def test_random_garbage_never_crashes():
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 17, 500):
+        for prefix in (b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM"):
+            data = prefix + rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+            try:
+                out = decode_image(data)
+                assert out.ndim == 3 and out.shape[2] == 3
+            except DecodeError as exc:
+                assert exc.reason in ("not_an_image", "truncated", "corrupt", "too_large")
+
+
+def test_load_resized_is_shorter_side_then_centre_crop(tmp_path):
+    # 60x20 (w x h): left third red, middle green, right third blue -> centre crop is green
+    arr = np.zeros((20, 60, 3), np.uint8)
+    arr[:, :20, 0] = 255
+    arr[:, 20:40, 1] = 255
+    arr[:, 40:, 2] = 255
+    p = _save(Image.fromarray(arr), tmp_path / "bands.png", "PNG")
+    x = load_resized(p, 10)
+    assert x.shape == (3, 10, 10) and x.dtype == torch.uint8
+    inner = x[:, :, 1:-1]  # the resampling filter may reach one source pixel past the crop box
+    assert (inner[1] == 255).all() and (inner[0] == 0).all() and (inner[2] == 0).all()
+    assert x[1].float().mean() > 240
+    up = resize_center_crop(np.zeros((5, 7, 3), np.uint8), 16)  # small images are upscaled
+    assert up.shape == (16, 16, 3)
+
+
+def test_jpeg_dct_downscale_close_to_full_decode(tmp_path):
+    arr = np.asarray(Image.fromarray(_gradient(64, 48)).resize((640, 480)))
+    p = _save(Image.fromarray(arr), tmp_path / "big.JPEG", "JPEG", quality=95)
+    fast = load_resized(p, 64).float()
+    full = torch.from_numpy(resize_center_crop(np.asarray(Image.open(p).convert("RGB")), 64).transpose(2, 0, 1).copy())
+    assert (fast - full.float()).abs().mean() < 3
