@@ -232,6 +232,29 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "corrupt" in capsys.readouterr().err
 
 
+def test_without_a_dataset(assets: tuple[Path, Path]) -> None:
+    """No --data: an empty gallery, no neighbours, and uploads still work."""
+    from alexnet.explorer import create_app
+
+    with TestClient(create_app(assets[0], None)) as c:
+        assert c.get("/api/gallery").json() == {"images": []}
+        assert c.get("/api/info").json()["neighbors"]["available"] is False
+        assert c.get("/api/images/val-0").status_code == 404
+        nb = c.post("/api/neighbors", files={"file": ("a.png", _png(), "image/png")})
+        assert nb.status_code == 200 and nb.json()["available"] is False and nb.json()["neighbors"] == []
+
+
+def test_cli_refuses_a_busy_port(assets: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from alexnet.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["explore", "--checkpoint", str(assets[0]), "--port", str(port)]) == 2
+    assert "choose another --port" in capsys.readouterr().err
+
+
 def test_data_from_the_run_config(tmp_path: Path, assets: tuple[Path, Path]) -> None:
     """`alexnet explore --checkpoint RUN/checkpoints/best.pt` finds the run's dataset by itself."""
     import json

@@ -145,6 +145,13 @@ def cmd_explore(args: argparse.Namespace) -> int:
         raise CLIError(f"dataset folder not found: {args.data}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the explorer", file=sys.stderr)
+    import socket
+
+    try:  # a clear message now rather than a uvicorn traceback after the model has loaded
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); choose another --port") from None
     from alexnet.explorer import serve
 
     try:

@@ -253,7 +253,7 @@ class Engine:
         *,
         checkpoint: str | Path | None = None,
         gallery_size: int = 24,
-        index_size: int = 1000,
+        index_size: int = 2000,
         top_channels: int = 8,
         max_upload_bytes: int = 8 * 1024 * 1024,
         max_upload_pixels: int = 16_000_000,
