@@ -127,6 +127,7 @@ class FeatureIndex:
     classes: list[str]
     class_names: list[str]
     layer: str = "fc7"
+    positions: Tensor | None = None  # int64 [N]: index of each entry in the source dataset
     info: dict[str, Any] = field(default_factory=dict)
     itq: ITQ | None = None
     codes: Tensor | None = None  # int64 [N, W]
@@ -154,13 +155,15 @@ class FeatureIndex:
     ) -> FeatureIndex:
         """Run the model over ``dataset`` (centre crops) and keep the ``layer`` activations.
 
-        ``limit``: index only the first ``limit`` images (a quick index of a large set).
+        ``limit``: index at most this many images, evenly spaced over the dataset (so a
+        class-ordered dataset keeps every class). ``positions`` records the dataset index
+        of each entry.
         """
+        base = dataset
+        positions = list(range(len(dataset)))
         if limit is not None and limit < len(dataset):
-            dataset = torch.utils.data.Subset(dataset, range(limit))
-            base = dataset.dataset
-        else:
-            base = dataset
+            positions = [int(i * len(dataset) / limit) for i in range(limit)]
+            dataset = torch.utils.data.Subset(dataset, positions)
         predictor = Predictor(model, meta, 1, device)
         feats, labels = [], []
         batches = iter_batches(dataset, batch_size, num_workers)
@@ -173,9 +176,8 @@ class FeatureIndex:
             labels.append(y)
         if not feats:
             raise ValueError("the dataset has no images to index")
-        n = sum(f.shape[0] for f in feats)
         path_of = getattr(base, "path_of", None)
-        paths = [str(path_of(i)) if path_of else f"#{i}" for i in range(n)]
+        paths = [str(path_of(i)) if path_of else f"#{i}" for i in positions]
         index = cls(
             features=torch.cat(feats),
             labels=torch.cat(labels),
@@ -183,6 +185,7 @@ class FeatureIndex:
             classes=list(base.classes),
             class_names=list(getattr(base, "class_names", base.classes)),
             layer=layer,
+            positions=torch.tensor(positions, dtype=torch.int64),
             info={"model": meta.model, "model_classes": meta.num_classes, "image_size": meta.image_size},
         )
         if bits:
@@ -257,6 +260,8 @@ class FeatureIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {"features": self.features.half().contiguous(), "labels": self.labels.contiguous()}
+        if self.positions is not None:
+            tensors["positions"] = self.positions.contiguous()
         if self.itq is not None and self.codes is not None:
             tensors |= {"itq.mean": self.itq.mean, "itq.projection": self.itq.projection, "codes": self.codes}
         atomic_write_bytes(directory / FEATURES_FILE, save(tensors))
@@ -296,6 +301,9 @@ class FeatureIndex:
                 raise ValueError("features, labels and paths disagree in length")
             if n and (labels.min() < 0 or labels.max() >= len(doc["classes"])):
                 raise ValueError("labels out of range")
+            positions = tensors.get("positions")
+            if positions is not None and positions.shape != (n,):
+                raise ValueError("positions do not match the features")
             itq = codes = None
             if "codes" in tensors:
                 itq = ITQ(tensors["itq.mean"].float(), tensors["itq.projection"].float())
@@ -309,6 +317,7 @@ class FeatureIndex:
                 classes=[str(c) for c in doc["classes"]],
                 class_names=[str(c) for c in doc.get("class_names", doc["classes"])],
                 layer=str(doc.get("layer", "fc7")),
+                positions=None if positions is None else positions.long(),
                 info=dict(doc.get("info", {})),
                 itq=itq,
                 codes=codes,
