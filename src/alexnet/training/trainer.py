@@ -788,7 +788,8 @@ class Trainer:
         }
         log.write(record)
         if self.is_main:
-            msg = f"epoch {self.epoch}/{self.cfg.epochs}  step {self.step}  loss {tl / n:.4f}  train top-1 {t1 / n:.1%}"
+            shown = f"{record['epoch']}/{self.cfg.epochs}" + ("" if epoch_done else " (partial)")
+            msg = f"epoch {shown}  step {self.step}  loss {tl / n:.4f}  train top-1 {t1 / n:.1%}"
             if val:
                 msg += f"  val top-1 {val['val_top1']:.1%}  top-5 {val['val_top5']:.1%}"
             print(msg, flush=True)
