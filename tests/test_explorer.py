@@ -127,6 +127,7 @@ def test_analysis_matches_the_model(client: TestClient, assets: tuple[Path, Path
     split, index = image_id.split("-")
     a = client.get("/api/analysis", params={"image": image_id}).json()
     assert [layer["layer"] for layer in a["layers"]] == LAYERS
+    assert all(len(layer["strongest"]) == 3 and layer["overlay"].startswith("data:image/jpeg") for layer in a["layers"])
     preds = a["predictions"]
     assert len(preds["top"]) == 5 and abs(sum(p["prob"] for p in preds["top"]) - 1) < 1e-3
 

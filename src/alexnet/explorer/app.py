@@ -213,7 +213,11 @@ def create_app(
             "name": a.name,
             "input": a.crop,
             "layers": [
-                {k: v for k, v in a.layers[name].items() if k != "channels"} for name in CONV_LAYERS
+                {
+                    **{k: v for k, v in a.layers[name].items() if k != "channels"},
+                    "strongest": a.layers[name]["channels"][:3],
+                }
+                for name in CONV_LAYERS
             ],
             "predictions": eng.predictions(a),
         }

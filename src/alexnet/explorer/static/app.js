@@ -169,15 +169,21 @@ async function playPipeline(token) {
   $("pipe-input").src = a.input;
   $("pipe-input").alt = `The input crop of "${a.name}"`;
   a.layers.forEach((layer, i) => {
-    const img = stages[i + 1].querySelector("img");
+    const img = stages[i + 1].querySelector(".frame img");
     img.src = layer.overlay;
     img.alt = `${layer.layer}: where its strongest channels respond`;
+    stages[i + 1].querySelector(".minis").replaceChildren(...layer.strongest.map((ch) =>
+      el("img", { src: ch.png, alt: `${layer.layer} channel ${ch.channel}`, title: `${layer.layer} channel ${ch.channel} · mean ${ch.mean}` })));
   });
   const top = a.predictions.top[0];
   $("pipe-label").textContent = top.name;
   $("pipe-prob").textContent = pct(top.prob);
-  $("beat-1-word").textContent = top.name;
-  $("beat-1-name").textContent = `“${a.name}”`;
+  const truth = a.predictions.true_label;
+  $("beat-1-word").textContent = truth ? truth.name : top.name;
+  const verdict = !truth ? `it answers “${top.name}”.`
+    : a.predictions.correct_top1 ? `it answers “${top.name}” — correctly.`
+      : `it answers “${top.name}” (the true label ranks ${truth.rank}).`;
+  $("beat-1-live").textContent = `Below, the loaded network looks at “${a.name}”: each stage lights up where its strongest channels fire, and ${verdict}`;
   const delay = reducedMotion() ? 0 : 380;
   for (const stage of stages) {
     if (token !== state.token) return;
