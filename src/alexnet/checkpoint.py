@@ -200,6 +200,8 @@ def _torch_load(path: Path) -> Any:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {exc}") from None
+    except Exception as exc:  # the unpickler raises KeyError, IndexError, ... on arbitrary bytes
+        raise CheckpointError(f"{path} is not a checkpoint (unreadable as one: {type(exc).__name__})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
