@@ -269,10 +269,110 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+# --------------------------------------------------------------------------- evaluation and analysis
+# Handlers live in alexnet.analysis.commands (imported lazily).
+
+
+def _analysis(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from alexnet.analysis import commands
+
+        return getattr(commands, name)(args)
+
+    return run
+
+
+def _common(p: argparse.ArgumentParser, batch: bool = True) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    if batch:
+        p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
+        p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core)")
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="top-1/top-5 error, per-class accuracy and confusion matrix of a checkpoint or ensemble",
+        description="Evaluate a checkpoint (ours, a safetensors export or torchvision alexnet weights) on a "
+        "dataset split: centre crop or the paper's ten crops (softmax averaged over the patches); "
+        "--ensemble averages the softmax over several models, as the paper's 5-CNN result.",
+    )
+    p.add_argument("--checkpoint", required=True, help="model file (.pt checkpoint, .safetensors, torchvision .pth)")
+    p.add_argument("--data", required=True, help="dataset: prepared, ImageNet layout (class folders or ILSVRC val), class folders")
+    p.add_argument("--split", default="val", help="split to evaluate (default val)")
+    p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: centre crop; 10: corners + centre, mirrored")
+    p.add_argument("--ensemble", nargs="+", metavar="CK", help="more checkpoints to average with --checkpoint")
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT ('-': stdout only)")
+    p.add_argument("--show-classes", type=int, default=20, help="per-class rows in the table (default 20: worst and best)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(p)
+    p.set_defaults(func=_analysis("cmd_evaluate"))
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="HTML report of a run: curves, conv1 kernels, retrieval, top-5, confusion, ImageNet timeline",
+        description="Writes RUN_DIR/report/report.html (self-contained, figures embedded) and the PNG figures.",
+    )
+    p.add_argument("run_dir", help="a training run directory (with checkpoints/ and metrics.jsonl)")
+    p.add_argument("--data", default=None, help="dataset (default: the one in the run's config.json)")
+    p.add_argument("--max-eval", type=int, default=None, help="validate on at most this many images")
+    p.add_argument("--max-index", type=int, default=10000, help="training images indexed for retrieval (default 10000)")
+    _common(p)
+    p.set_defaults(func=_analysis("cmd_report"))
+
+
+def add_neighbors(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "neighbors",
+        help="nearest images by fc7 activations (exact, or fast binary codes), with a reusable index",
+        description="Finds the images of a dataset closest to each query in fc7 space (the paper's Figure 4). "
+        "The first run with --data builds the index in --index DIR; later runs reuse it.",
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--index", required=True, help="directory of the feature index (created if missing)")
+    p.add_argument("--query", required=True, nargs="+", help="query image file(s)")
+    p.add_argument("-k", type=int, default=6, help="neighbours per query (default 6, as in the paper)")
+    p.add_argument("--data", default=None, help="dataset to index when --index holds none")
+    p.add_argument("--split", default="train", help="split to index (default train)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the index from --data")
+    p.add_argument("--limit", type=int, default=None, help="index at most this many images (evenly spaced)")
+    p.add_argument("--bits", type=int, default=256, help="binary code length (default 256; 0: none)")
+    p.add_argument("--binary", action="store_true", help="search by Hamming distance of the binary codes")
+    p.add_argument("--rerank", type=int, default=0, help="with --binary: re-rank the best R*k exactly")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    _common(p)
+    p.set_defaults(func=_analysis("cmd_neighbors"))
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="top-5 labels with probabilities for image files")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    p.add_argument("-k", type=int, default=5, help="labels per image (default 5)")
+    p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: centre crop; 10: the paper's ten patches")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    _common(p, batch=False)
+    p.set_defaults(func=_analysis("cmd_predict"))
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model as safetensors, ONNX or TorchScript (checked against PyTorch)",
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", required=True, choices=("safetensors", "onnx", "torchscript"))
+    p.add_argument("--output", required=True, help="output file")
+    p.add_argument("--no-verify", action="store_true", help="skip comparing the export's outputs with PyTorch")
+    p.set_defaults(func=_analysis("cmd_export"))
+
+
 # --------------------------------------------------------------------------- parser
 
 # Each entry adds one command (or group) to the parser. Later modules append theirs here.
-COMMANDS = [add_models, add_data, add_explore, add_train, add_demo]
+COMMANDS = [add_models, add_data, add_explore, add_train, add_demo, add_evaluate, add_report, add_neighbors, add_predict, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:
