@@ -434,8 +434,10 @@ def test_page_in_chromium(server: Server, tmp_path: Path) -> None:
                 assert page.locator("#reveal").is_disabled()
                 widths = page.eval_on_selector_all(".layer.revealed .tile img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
                 assert len(widths) >= 5 * 6 and min(widths) > 0
-                stages = page.eval_on_selector_all("#pipeline img", "els => els.map(e => e.naturalWidth)")
-                assert len(stages) == 6 and min(stages) > 0
+                stages = page.eval_on_selector_all("#pipeline .frame img", "els => els.map(e => e.naturalWidth)")
+                assert len(stages) == 6 and min(stages) > 0  # the input and five layer overlays
+                minis = page.eval_on_selector_all("#pipeline .minis img", "els => els.map(e => e.naturalWidth)")
+                assert len(minis) == 15 and min(minis) > 0  # three strongest channels per layer
                 top5 = page.locator("#top5 li")
                 sync_api.expect(top5).to_have_count(5)
                 sync_api.expect(page.locator("#top5 li.correct")).to_have_count(1)  # 5 classes: always in the top 5
