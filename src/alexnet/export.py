@@ -146,5 +146,7 @@ def export_model(model: nn.Module, meta: ModelMeta, fmt: str, output: str | Path
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """Reload a TorchScript export and its metadata (for checks and for users)."""
     extra = {TORCHSCRIPT_META_FILE: ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated upstream, still works
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module, json.loads(extra[TORCHSCRIPT_META_FILE] or "{}")
