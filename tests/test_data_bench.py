@@ -20,7 +20,7 @@ def test_bench_runs_and_prints_ratio(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("data_pipeline", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = ["--source", str(src), "--items", "40", "--classes", "4", "--batch-size", "8", "--batches", "2",
+    args = ["--source", str(src), "--items", "40", "--classes", "4", "--batch-size", "8", "--batches", "2", "--rounds", "2",
             "--size", "32", "--crop", "28", "--workers", "1", "--formats", "raw,jpeg", "--work-dir", str(tmp_path)]
     results = bench.main(args)
     out = capsys.readouterr().out

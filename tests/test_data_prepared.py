@@ -13,7 +13,7 @@ from PIL import Image
 import alexnet.data.prepared as prepared
 from alexnet.cli import main as cli
 from alexnet.data import DatasetError, open_dataset
-from alexnet.data.loader import make_loader
+from alexnet.data.loader import ThreadBatchLoader, make_loader
 from alexnet.data.prepared import PreparedDataset, ShardCorruptError, prepare_dataset
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
@@ -84,12 +84,23 @@ def test_jpeg_format_close_to_raw(src, raw, tmp_path):
     assert (xa.float() - xb.float()).abs().mean() < 6
 
 
-def test_loader_over_prepared_with_workers(raw):
+@pytest.mark.parametrize("fmt", ["raw", "jpeg"])
+def test_loader_over_prepared_with_workers(src, raw, tmp_path, fmt):
+    if fmt == "jpeg":
+        raw = tmp_path / "jpeg"
+        prepare_dataset(src, raw, size=16, fmt="jpeg", workers=1, progress=False)
     ds = open_dataset(raw, "train")
-    batches = list(make_loader(ds, 4, seed=0, num_workers=2, persistent_workers=False))
-    assert len(batches) == 3
+    loader = make_loader(ds, 4, seed=0, epoch=1, num_workers=2, persistent_workers=False)
+    assert isinstance(loader, ThreadBatchLoader) == (fmt == "raw")  # raw: gathered in threads
+    batches = list(loader)
+    assert len(batches) == len(loader) == loader.batches_per_epoch == 3
     seen = torch.cat([y for _, y in batches])
     assert sorted(seen.tolist()) == sorted(ds.labels.tolist())
+    ref = list(make_loader(ds, 4, seed=0, epoch=1, num_workers=0))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, ref, strict=True))
+    loader.set_epoch(1, start_batch=2)  # resume
+    tail = list(loader)
+    assert len(tail) == 1 and torch.equal(tail[0][0], ref[2][0])
 
 
 def test_corrupted_shard_is_named(raw, tmp_path):

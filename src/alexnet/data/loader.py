@@ -15,8 +15,11 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -116,6 +119,57 @@ class BatchLoader(DataLoader):
         return self.batch_sampler_.batches_per_epoch
 
 
+class ThreadBatchLoader:
+    """Batches gathered by background threads of this process, for datasets whose
+    ``get_batch`` is a copy out of memory-mapped shards (``gather_in_threads = True``: the
+    prepared raw format). There, a worker process would only add work: its batch has to be
+    copied into a fresh shared-memory segment (page faults for every 4 kB) and mapped again
+    in the trainer, which costs more CPU than the gather itself; numpy's gather releases
+    the GIL, so threads overlap with the training step just as well.
+
+    Same interface as :class:`BatchLoader`: iterate, ``len``, ``set_epoch``, ``batches_per_epoch``.
+    """
+
+    def __init__(
+        self, dataset: Dataset, sampler: ResumableBatchSampler, threads: int, prefetch: int, pin_memory: bool
+    ) -> None:
+        self.dataset, self.batch_sampler_ = dataset, sampler
+        self.threads, self.prefetch, self.pin_memory = max(1, threads), max(1, prefetch), pin_memory
+        self.num_workers = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.batch_sampler_.set_epoch(epoch, start_batch)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.batch_sampler_.batches_per_epoch
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler_)
+
+    def _load(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        x, y = self.dataset.get_batch(indices)  # type: ignore[attr-defined]
+        if self.pin_memory:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = iter(self.batch_sampler_)
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="alexnet-loader")
+        pending: deque[Future] = deque()
+        try:
+            for indices in itertools.islice(batches, self.prefetch):
+                pending.append(pool.submit(self._load, indices))
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(batches, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._load, nxt))
+                yield batch
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def default_workers() -> int:
     """Worker processes: the cores this process may use, at most 8."""
     try:
@@ -139,13 +193,15 @@ def make_loader(
     pin_memory: bool | None = None,
     prefetch_factor: int = 2,
     persistent_workers: bool = True,
-) -> BatchLoader:
+) -> BatchLoader | ThreadBatchLoader:
     """DataLoader yielding ``(uint8 [B, 3, S, S], int64 [B])`` for this rank.
 
     ``drop_last`` defaults to ``shuffle`` (training drops the ragged batch; evaluation
     keeps every image, and with ``world_size > 1`` pads by repeating a few images, as
     ``DistributedSampler`` does). ``start_batch`` resumes mid-epoch; later epochs begin
     at 0 via ``loader.set_epoch(e)``. Memory is pinned when CUDA is available.
+    ``num_workers`` processes build the batches, or threads for the prepared raw format
+    (see :class:`ThreadBatchLoader`).
     """
     if drop_last is None:
         drop_last = shuffle
@@ -161,6 +217,9 @@ def make_loader(
         drop_last=drop_last,
     )
     workers = default_workers() if num_workers is None else num_workers
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    if workers > 0 and getattr(dataset, "gather_in_threads", False):
+        return ThreadBatchLoader(dataset, sampler, workers, prefetch_factor * workers, pin)  # type: ignore[return-value]
     kw = {}
     if workers > 0:
         kw = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
@@ -169,7 +228,7 @@ def make_loader(
         batch_size=None,  # the sampler yields whole batches; workers build them
         sampler=sampler,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        pin_memory=pin,
         **kw,
     )
     loader.batch_sampler_ = sampler

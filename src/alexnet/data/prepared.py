@@ -444,6 +444,8 @@ class PreparedDataset(Dataset):
         if self.encoding not in ENCODINGS:
             raise DatasetError(f"{self.root}: unknown encoding {self.encoding!r}")
         self._check(count)
+        # a raw batch is one gather from the page cache: make_loader uses threads, not processes
+        self.gather_in_threads = self.encoding == "raw"
         self._sources: list[str] | None = None
         self._maps: dict[int, np.ndarray] = {}
         self._stats: DatasetStats | None = None
