@@ -189,3 +189,19 @@ def test_cli_prepare_info_stats(src, tmp_path, capsys):
     assert open_dataset(src, "train", image_size=16).stats.count == 6
     (src / "stats.safetensors").unlink()
     assert cli(["data", "prepare", str(tmp_path / "nope"), str(out)]) == 2
+
+
+def test_resume_refuses_changed_sources(tmp_path, monkeypatch):
+    src = _tree(tmp_path / "src", per_class=2)
+    out = tmp_path / "out"
+
+    def interrupted(*args):
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(prepared, "_write_shard", interrupted)
+    with pytest.raises(RuntimeError):
+        prepare_dataset(src, out, size=8, fmt="raw", workers=1, progress=False)
+    monkeypatch.undo()
+    (src / "train" / CLASSES[1] / "0.JPEG").rename(src / "train" / CLASSES[1] / "renamed.JPEG")
+    with pytest.raises(DatasetError, match="interrupted preparation"):
+        prepare_dataset(src, out, size=8, fmt="raw", workers=1, progress=False)

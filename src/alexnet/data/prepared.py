@@ -226,6 +226,8 @@ def prepare_dataset(
         "shard_size": shard_size,
         "classes": classes,
         "splits": {s: len(ds.samples) for s, ds in splits.items()},
+        # resumed shards must come from the same files in the same order
+        "listing_sha256": {s: _listing_digest(ds) for s, ds in splits.items()},
     }
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / INDEX_FILE
@@ -292,6 +294,13 @@ def prepare_dataset(
             for path, reason in v["bad_files"][:20]:
                 print(f"  [{s}] {path}: {reason}")
     return index
+
+
+def _listing_digest(ds: FolderDataset) -> str:
+    h = hashlib.sha256()
+    for path, label in ds.samples:
+        h.update(f"{label}\t{path}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 def _shard_name(split: str, k: int) -> str:
