@@ -82,6 +82,8 @@ def test_plain_class_folder_native_small_size(tmp_path):
     assert ds.image_size == 32  # small images keep their native size (CIFAR)
     assert ds.class_names == ["cat", "dog house"]
     assert ds[0][0].shape == (3, 32, 32)
+    with pytest.raises(DatasetError):  # no validation split: never the training images again
+        open_dataset(tmp_path, "val")
 
 
 def test_class_names_file(tmp_path):

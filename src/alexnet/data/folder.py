@@ -10,7 +10,7 @@ Layouts recognised by :func:`open_dataset`:
   ``ILSVRC2012_validation_ground_truth.txt`` (1-based ILSVRC ids, one line per image in
   file-name order) plus the id-to-synset table (``map_clsloc.txt``, or ``meta.mat`` when
   scipy is installed) somewhere under ``ROOT``;
-* a plain class-folder directory ``ROOT/<class>/*`` (any split name opens it).
+* a plain class-folder directory ``ROOT/<class>/*``: its only split, ``"train"`` (or ``None``).
 
 Bad files. Every item is ``(uint8 [3, S, S], label)``. At index time each file's header
 is probed (cheap: no pixel decode), which catches empty files, non-images and
@@ -375,7 +375,7 @@ def open_dataset(
     ``(uint8 [3, S, S], label)`` with ``.classes``, ``.class_names``, ``.image_size``,
     ``.stats``, ``.bad_files`` and ``.path_of(i)``.
 
-    ``split=None`` (or any split name for a plain class-folder directory) opens ``path`` itself.
+    ``split=None`` opens ``path`` itself; a plain class-folder directory has only ``"train"``.
     Statistics come from the training split: stored ones if present, else a sample estimate.
     """
     root = Path(path)
@@ -417,7 +417,7 @@ def open_dataset(
             split_dir, gt, classes=classes, id_map=id_map, image_size=image_size or 256, validate=validate, stats_fn=stats_fn
         )
 
-    if _is_class_dir(root) and not (root / "train").is_dir():
+    if split in (None, "train") and _is_class_dir(root) and not (root / "train").is_dir():
         ds = class_folder_dataset(root, image_size=image_size, validate=validate)
         ds._stats_fn = _stored_or_sampled(root, lambda: ds)
         return ds
