@@ -192,6 +192,31 @@ def test_real_photo_upload(client: TestClient) -> None:
         assert len(body["layers"]) == 5 and len(body["predictions"]["top"]) == 5
 
 
+def test_batched_forward_matches_one_by_one(assets: tuple[Path, Path]) -> None:
+    """Concurrent requests share forward passes; each still gets exactly its own image's answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from alexnet.explorer.engine import Engine
+
+    engine = Engine.from_checkpoint(assets[0], None, max_batch=4)
+    images = [engine.decode_upload(_png((40 + i, 44), seed=i), "image/png") for i in range(12)]
+    alone = [engine._forward(im[None], ["conv2", "fc8"]) for im in images]
+    batches: list[int] = []
+    forward = engine._forward_locked
+
+    def counting(x: np.ndarray, layers: list[str]):
+        batches.append(len(x))
+        return forward(x, layers)
+
+    engine._forward_locked = counting  # type: ignore[method-assign]
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda im: engine._forward_one(im, ["conv2", "fc8"]), images))
+    assert sum(batches) == 12 and max(batches) <= 4
+    for a, b in zip(alone, together, strict=True):
+        torch.testing.assert_close(a["fc8"], b["fc8"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a["conv2"], b["conv2"], atol=1e-5, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------- untrusted input
 
 
@@ -382,13 +407,14 @@ def test_200_concurrent_predictions(server: Server) -> None:
                     assert len(r.json()["top"]) == 5
                 return r.status_code
 
+            start = time.perf_counter()
             statuses = await asyncio.gather(*(one(i) for i in range(200)))
-            return [*statuses, _rss_kib(pid, "VmHWM") - base]
+            return [*statuses, time.perf_counter() - start, _rss_kib(pid, "VmHWM") - base]
 
-    *statuses, growth_kib = asyncio.run(run())
+    *statuses, seconds, growth_kib = asyncio.run(run())
     assert not [s for s in statuses if s >= 500]
     assert statuses.count(200) == 180 and statuses.count(422) == 20
-    print(f"200 concurrent predictions: peak RSS growth {growth_kib / 1024:.1f} MiB")
+    print(f"200 concurrent predictions in {seconds:.1f} s, peak RSS growth {growth_kib / 1024:.1f} MiB")
     assert growth_kib < 300 * 1024
 
 

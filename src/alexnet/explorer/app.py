@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -148,6 +149,7 @@ def create_app(
     engine: Engine | None = None,
     build_index: bool = True,
     max_concurrent_uploads: int = 8,
+    max_threads: int = 16,
     **engine_options: Any,
 ) -> FastAPI:
     """The explorer app for ``checkpoint`` (any file :func:`alexnet.checkpoint.load_model` reads).
@@ -163,6 +165,9 @@ def create_app(
     eng = engine
 
     async def lifespan(app: FastAPI):
+        # Model work is bounded inside the engine (max_batch analyses, two decodes), so more
+        # worker threads than that only add per-thread malloc arenas, i.e. resident memory.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = max_threads
         if build_index:
             eng.start_index()
         yield
