@@ -89,40 +89,38 @@ def replicate(source: Path, dest: Path, items: int, classes: int) -> list[tuple[
 
 
 class Pipeline:
-    """An endless stream of augmented batches from one loader, timed in rounds.
+    """Augmented batches from one loader, timed in rounds.
 
     Rounds of the pipelines are interleaved so that all of them see the same background
-    load (this machine is shared); CPU time is summed over the main process and the
-    loader's worker processes, a figure that does not depend on that load.
+    load (this machine is shared). Each round starts the loader afresh and stops it after,
+    so that no pipeline's workers run (and bank batches) during another's round; the
+    first ``warmup`` batches (worker start-up, one batch per worker) are not timed. CPU
+    time is summed over the main process and the loader's worker processes: a figure that
+    does not depend on the background load.
     """
 
-    def __init__(self, name: str, loader, batch_size: int, work=lambda b: b) -> None:
-        self.name, self.loader, self.batch_size, self.work = name, loader, batch_size, work
+    def __init__(self, name: str, loader, batch_size: int, warmup: int, work=lambda b: b) -> None:
+        self.name, self.loader, self.batch_size, self.warmup, self.work = name, loader, batch_size, warmup, work
         self.rates: list[float] = []
         self.cpu_per_image: list[float] = []
-        self._it = None
-
-    def _next(self):
-        while True:
-            if self._it is None:
-                self._it = iter(self.loader)
-            try:
-                return next(self._it)
-            except StopIteration:
-                self._it = None
-
-    def _pids(self) -> list[int]:
-        workers = getattr(self._it, "_workers", None) or []
-        return [os.getpid(), *(w.pid for w in workers)]
 
     def round(self, batches: int) -> None:
-        self.work(self._next())  # warm-up: worker start-up and prefetch are not timed
-        pids = self._pids()
-        c0, t0 = _cpu_seconds(pids), time.perf_counter()
-        for _ in range(batches):
-            self.work(self._next())
-        dt = time.perf_counter() - t0
-        cpu = _cpu_seconds(pids) - c0
+        it = iter(self.loader)
+        try:
+            for _ in range(self.warmup):
+                self.work(next(it))
+            pids = [os.getpid(), *(w.pid for w in getattr(it, "_workers", None) or [])]
+            c0, t0 = _cpu_seconds(pids), time.perf_counter()
+            for _ in range(batches):
+                self.work(next(it))
+            dt = time.perf_counter() - t0
+            cpu = _cpu_seconds(pids) - c0
+        finally:
+            if hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+            elif hasattr(it, "close"):
+                it.close()
+            del it
         self.rates.append(batches * self.batch_size / dt)
         self.cpu_per_image.append(cpu / (batches * self.batch_size))
 
@@ -169,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--items", type=int, default=5000, help="images in the replicated dataset")
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--batches", type=int, default=10, help="batches timed per pipeline per round")
+    ap.add_argument("--batches", type=int, default=15, help="batches timed per pipeline per round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size", type=int, default=256)
@@ -178,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--work-dir", type=Path, default=None, help="where to build the data (default: a temp dir)")
     args = ap.parse_args(argv)
 
+    if max(1, args.workers) + args.batches > args.items // args.batch_size:
+        ap.error("--items must hold --batches + one batch per worker (a round stays within one epoch)")
     torch.manual_seed(0)
     random.seed(0)
     print(f"hardware: {hardware()}")
@@ -194,9 +194,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             shuffle=True,
             num_workers=args.workers,
             drop_last=True,
-            persistent_workers=args.workers > 0,
         )
-        pipelines = [Pipeline("classic", classic, args.batch_size)]
+        warmup = max(1, args.workers)
+        pipelines = [Pipeline("classic", classic, args.batch_size, warmup)]
         for fmt in [f.strip() for f in args.formats.split(",") if f.strip()]:
             out = tmp / f"prepared-{fmt}"
             t0 = time.perf_counter()
@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"preparation ({fmt}): {prep:.1f} s for {len(ds)} images ({len(ds) / prep:.0f} images/s, "
                   f"{args.workers} processes), {sum(s['bytes'] for s in ds.shards) / 2**20:.0f} MiB")
             aug = TrainAugment(args.crop, ds.stats, mode="image")
-            loader = make_loader(ds, args.batch_size, shuffle=True, num_workers=args.workers)
-            pipelines.append(Pipeline(fmt, loader, args.batch_size, work=lambda b, aug=aug: aug(b[0])))
+            loader = make_loader(ds, args.batch_size, shuffle=True, num_workers=args.workers, persistent_workers=False)
+            pipelines.append(Pipeline(fmt, loader, args.batch_size, warmup, work=lambda b, aug=aug: aug(b[0])))
 
         for _ in range(args.rounds):
             for p in pipelines:
