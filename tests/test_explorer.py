@@ -452,6 +452,8 @@ def test_page_in_chromium(server: Server, tmp_path: Path) -> None:
                 button.click()
                 status = page.locator("#status")
                 sync_api.expect(status).to_have_text(f'Image "{name}" - 0 of 5 layers revealed')
+                sync_api.expect(page.locator("#pipeline .stage.lit")).to_have_count(0)  # waits to be seen
+                page.locator("#pipeline").scroll_into_view_if_needed()
                 sync_api.expect(page.locator("#pipeline .stage.lit")).to_have_count(7, timeout=15_000)
                 for k in range(1, 6):
                     page.click("#reveal")

@@ -161,6 +161,20 @@ function drawChart() {
 
 // ------------------------------------------------------------------ beat 1: the pipeline
 
+// Resolves once the element is at least partly on screen (at once without IntersectionObserver).
+function whenVisible(node) {
+  if (!("IntersectionObserver" in window)) return Promise.resolve();
+  return new Promise((resolve) => {
+    const observer = new IntersectionObserver((entries) => {
+      if (entries.some((e) => e.isIntersecting)) {
+        observer.disconnect();
+        resolve();
+      }
+    }, { threshold: 0.35 });
+    observer.observe(node);
+  });
+}
+
 async function playPipeline(token) {
   const a = state.analysis;
   if (!a) return;
@@ -184,6 +198,8 @@ async function playPipeline(token) {
     : a.predictions.correct_top1 ? `it answers “${top.name}” — correctly.`
       : `it answers “${top.name}” (the true label ranks ${truth.rank}).`;
   $("beat-1-live").textContent = `Below, the loaded network looks at “${a.name}”: each stage lights up where its strongest channels fire, and ${verdict}`;
+  await whenVisible($("pipeline"));  // play the sequence where it can be seen
+  if (token !== state.token) return;
   const delay = reducedMotion() ? 0 : 380;
   for (const stage of stages) {
     if (token !== state.token) return;
@@ -313,6 +329,7 @@ async function choose(image) {
   state.revealing = false;
   hideError();
   markGallery();
+  for (const stage of document.querySelectorAll("#pipeline .stage")) stage.classList.remove("lit");
   $("chosen-img").src = image.url;
   $("chosen-img").alt = `The chosen image: ${image.name}`;
   resetReveal();
