@@ -20,8 +20,10 @@ from alexnet.analysis.retrieval import (
     IndexFormatError,
     _popcount64,
     hamming,
+    hamming_matmul,
     pack_bits,
     recall_at_k,
+    unpack_signs,
 )
 from alexnet.checkpoint import load_model
 from alexnet.cli import main
@@ -56,7 +58,10 @@ def test_popcount_and_hamming_match_python() -> None:
     codes = pack_bits(bits)
     assert codes.shape == (7, 3)
     naive = (bits[:, None, :] != bits[None, :, :]).sum(-1)
-    assert torch.equal(hamming(codes, codes, chunk=3), naive.int())
+    assert torch.equal(hamming(codes, codes, max_elements=42), naive.int())
+    signs = unpack_signs(codes, 130)
+    assert torch.equal(signs > 0, bits)
+    assert torch.equal(hamming_matmul(signs, signs), naive.int())
 
 
 def test_exact_search_equals_brute_force() -> None:
@@ -77,6 +82,8 @@ def test_binary_codes_recall_and_rerank() -> None:
     exact = index.search(q, k=6, exclude_self=True)
     coarse = index.search(q, k=6, binary=True, exclude_self=True)
     fine = index.search(q, k=6, binary=True, rerank=10, exclude_self=True)
+    popcount = index.search(q, k=6, binary=True, exclude_self=True, method="popcount")
+    assert torch.equal(popcount.distances, coarse.distances)  # same Hamming distances either way
     r_coarse, r_fine = recall_at_k(coarse.indices, exact.indices), recall_at_k(fine.indices, exact.indices)
     assert r_fine >= r_coarse and r_fine > 0.9
     # Codes beat chance by far: the neighbours by Hamming distance share the query's cluster.

@@ -60,13 +60,34 @@ def pack_bits(bits: Tensor) -> Tensor:
     return (padded.view(n, words, 64) * weights).sum(-1)  # int64 wraps: bit 63 is the sign bit
 
 
-def hamming(queries: Tensor, codes: Tensor, chunk: int = 65536) -> Tensor:
-    """Hamming distances ``[Q, N]`` (int32) between packed codes ``[Q, W]`` and ``[N, W]``."""
-    out = torch.empty(queries.shape[0], codes.shape[0], dtype=torch.int32, device=codes.device)
+def hamming(queries: Tensor, codes: Tensor, max_elements: int = 1 << 22) -> Tensor:
+    """Hamming distances ``[Q, N]`` (int32) between packed codes ``[Q, W]`` and ``[N, W]``.
+
+    XOR then popcount, over chunks of the database so that the ``[Q, n, W]`` intermediate
+    stays below ``max_elements`` int64 values (32 MiB by default). Works on the packed codes
+    alone (no unpacked copy), but is a dozen element-wise passes: on a CPU the
+    :func:`hamming_matmul` form is much faster (see ``bench/retrieval.py``).
+    """
+    q, w = queries.shape
+    out = torch.empty(q, codes.shape[0], dtype=torch.int32, device=codes.device)
+    chunk = max(1, max_elements // max(1, q * w))
     for s in range(0, codes.shape[0], chunk):
         x = queries.unsqueeze(1) ^ codes[s : s + chunk].unsqueeze(0)  # [Q, n, W]
         out[:, s : s + chunk] = _popcount64(x).sum(-1, dtype=torch.int32)
     return out
+
+
+def unpack_signs(codes: Tensor, bits: int) -> Tensor:
+    """Packed codes ``[N, W]`` -> float32 ``[N, bits]`` of +1 (bit set) / -1 (bit clear)."""
+    shifts = torch.arange(64, device=codes.device)
+    unpacked = (codes.unsqueeze(-1) >> shifts) & 1  # [N, W, 64]
+    return unpacked.flatten(1)[:, :bits].float() * 2 - 1
+
+
+def hamming_matmul(query_signs: Tensor, signs: Tensor) -> Tensor:
+    """Hamming distances from +-1 codes: ``(bits - s.t) / 2``, one BLAS matmul (exact in float32)."""
+    bits = signs.shape[1]
+    return ((bits - query_signs @ signs.T) * 0.5).round_().to(torch.int32)
 
 
 @dataclass
@@ -82,27 +103,31 @@ class ITQ:
 
     @classmethod
     def fit(cls, x: Tensor, bits: int = 256, iterations: int = 50, seed: int = 0) -> ITQ:
-        x = x.double()
         bits = min(bits, x.shape[1], max(1, x.shape[0] - 1))
-        mean = x.mean(0)
-        xc = x - mean
-        # PCA by SVD of the covariance (D x D), top `bits` directions.
-        cov = xc.T @ xc / max(1, x.shape[0] - 1)
-        evals, evecs = torch.linalg.eigh(cov)
-        pca = evecs[:, evals.argsort(descending=True)[:bits]]
+        mean = x.float().mean(0)
+        xc = x.float() - mean
+        # PCA: the top `bits` right singular vectors. A randomized SVD costs O(N D bits) where
+        # the D x D covariance eigendecomposition would cost O(D^3): 4096^3 is minutes on a CPU.
+        if 2 * bits < min(xc.shape):
+            _, _, pca = torch.svd_lowrank(xc, q=min(bits + 16, min(xc.shape)), niter=3)
+            pca = pca[:, :bits]
+        else:
+            pca = torch.linalg.svd(xc, full_matrices=False).Vh[:bits].T
         v = xc @ pca
         g = torch.Generator().manual_seed(seed)
-        r, _ = torch.linalg.qr(torch.randn(bits, bits, generator=g, dtype=torch.float64))
+        r, _ = torch.linalg.qr(torch.randn(bits, bits, generator=g))
+        r = r.to(x.device)
         for _ in range(iterations):  # alternate: B = sign(VR); R = argmin |B - VR| (Procrustes)
             b = torch.sign(v @ r)
             b[b == 0] = 1
             u, _, wt = torch.linalg.svd(v.T @ b)
             r = u @ wt
-        return cls(mean=mean.float(), projection=(pca @ r).float())
+        return cls(mean=mean, projection=(pca @ r).contiguous())
 
-    def encode(self, x: Tensor) -> Tensor:
-        proj = (x.float() - self.mean.to(x.device)) @ self.projection.to(x.device)
-        return pack_bits(proj > 0)
+    def encode(self, x: Tensor, chunk: int = 65536) -> Tensor:
+        """Packed codes ``[N, ceil(bits / 64)]`` (in chunks: the unpacked bits are 64x larger)."""
+        mean, proj = self.mean.to(x.device), self.projection.to(x.device)
+        return torch.cat([pack_bits((x[s : s + chunk].float() - mean) @ proj > 0) for s in range(0, max(1, x.shape[0]), chunk)])
 
 
 # --------------------------------------------------------------------------- the index
@@ -132,9 +157,19 @@ class FeatureIndex:
     itq: ITQ | None = None
     codes: Tensor | None = None  # int64 [N, W]
     _sq_norms: Tensor | None = field(default=None, repr=False)
+    _signs: Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.features.shape[0]
+
+    def to(self, device: torch.device | str) -> FeatureIndex:
+        """Move the searchable tensors (features, labels, codes, projection) to ``device``."""
+        self.features, self.labels = self.features.to(device), self.labels.to(device)
+        if self.codes is not None and self.itq is not None:
+            self.codes = self.codes.to(device)
+            self.itq = ITQ(self.itq.mean.to(device), self.itq.projection.to(device))
+        self._sq_norms = self._signs = None
+        return self
 
     # ------------------------------------------------------------------ building
 
@@ -192,27 +227,38 @@ class FeatureIndex:
             index.fit_codes(bits)
         return index
 
-    def fit_codes(self, bits: int = 256, iterations: int = 50) -> None:
-        """Learn the ITQ projection on (a sample of) the indexed features and encode them all."""
-        sample = self.features
-        if sample.shape[0] > 20000:
+    def fit_codes(self, bits: int = 256, iterations: int = 50, sample: int = 5000) -> None:
+        """Learn the ITQ projection on (a random sample of) the indexed features, encode them all."""
+        data = self.features
+        if data.shape[0] > sample:
             g = torch.Generator().manual_seed(0)
-            sample = sample[torch.randperm(sample.shape[0], generator=g)[:20000]]
-        self.itq = ITQ.fit(sample, bits, iterations)
+            data = data[torch.randperm(data.shape[0], generator=g)[:sample].to(data.device)]
+        self.itq = ITQ.fit(data, bits, iterations)
         self.codes = self.itq.encode(self.features)
+        self._signs = None
 
     # ------------------------------------------------------------------ searching
 
     def search(
-        self, features: Tensor, k: int = 6, binary: bool = False, rerank: int = 0, exclude_self: bool = False
+        self,
+        features: Tensor,
+        k: int = 6,
+        binary: bool = False,
+        rerank: int = 0,
+        exclude_self: bool = False,
+        method: str = "matmul",
     ) -> SearchResult:
         """The ``k`` nearest indexed images of each query ``[Q, D]`` (or ``[D]``).
 
         ``binary``: rank by Hamming distance of the ITQ codes; with ``rerank`` = r > 0 the
         ``r * k`` best by code are re-ranked by exact Euclidean distance.
         ``exclude_self``: drop an exact match (distance 0), for queries taken from the index.
+        ``method`` (binary): ``"matmul"`` (+-1 codes, one BLAS call; keeps an unpacked copy of
+        ``bits`` floats per image, still ``D / bits`` x smaller than the features) or
+        ``"popcount"`` (XOR + popcount on the packed words only).
         """
-        q = features.float().reshape(-1, self.features.shape[1]) if features.dim() == 1 else features.float()
+        q = features.float().to(self.features.device)
+        q = q.reshape(1, -1) if q.dim() == 1 else q
         if q.shape[1] != self.features.shape[1]:
             raise ValueError(f"query has {q.shape[1]} dimensions, the index {self.features.shape[1]}")
         extra = 1 if exclude_self else 0
@@ -223,11 +269,24 @@ class FeatureIndex:
         if binary:
             if self.codes is None or self.itq is None:
                 raise ValueError("this index has no binary codes; build it with bits > 0")
-            d = hamming(self.itq.encode(q), self.codes)
+            packed = self.itq.encode(q)
+            if method == "matmul":
+                if self._signs is None:
+                    self._signs = unpack_signs(self.codes, self.itq.bits)
+                d = hamming_matmul(unpack_signs(packed, self.itq.bits), self._signs)
+            elif method == "popcount":
+                d = hamming(packed, self.codes)
+            else:
+                raise ValueError(f"unknown Hamming method {method!r}: 'matmul' or 'popcount'")
             if rerank > 0:
                 m = min(len(self), rerank * (k + extra))
                 cand = d.topk(m, dim=1, largest=False).indices  # [Q, m]
-                exact = ((self.features[cand] - q.unsqueeze(1)) ** 2).sum(-1)  # [Q, m]
+                # |x|^2 - 2 x.q + |q|^2 over the gathered candidates: one batched matmul, no
+                # [Q, m, D] difference tensor.
+                if self._sq_norms is None:
+                    self._sq_norms = (self.features**2).sum(1)
+                dots = torch.bmm(self.features[cand], q.unsqueeze(-1)).squeeze(-1)  # [Q, m]
+                exact = self._sq_norms[cand] - 2 * dots + (q**2).sum(1, keepdim=True)
                 dist, pos = exact.topk(min(k + extra, m), dim=1, largest=False)
                 idx = cand.gather(1, pos)
                 dist = dist.clamp_min(0).sqrt()
