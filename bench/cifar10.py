@@ -1,0 +1,320 @@
+"""CIFAR-10 on a time budget: the small AlexNet through the project's training engine.
+
+    python bench/cifar10.py --train DIR --test DIR [--minutes 15]
+
+``DIR/<class>/*.jpg`` folders (the ten CIFAR-10 classes). Every image is decoded once into
+a uint8 tensor held in memory (50,000 x 3 x 32 x 32 is 150 MB), reflect-padded by
+``--pad`` pixels, so that the engine's batched :class:`~alexnet.data.transforms.TrainAugment`
+(a random ``crop`` x ``crop`` patch + flip + PCA lighting, on whole batches) does the
+classic "pad 4 and crop 32" translation augmentation, and the centre crop at test time is
+exactly the original image. Training is :func:`alexnet.training.train` with the ``cifar10``
+preset; the number of epochs is chosen from a short throughput measurement so that the
+whole schedule (one-cycle by default) ends inside the budget, with the engine's time limit
+as a backstop. On a CPU with bf16 units (AVX512-BF16/AMX) bf16 autocast is used.
+
+Prints the elapsed time, training and test images/s, and the test accuracy single-view and
+with flip averaging (the mean of the softmax over an image and its mirror), ending with
+``test top-1: XX.X%`` (the flip-averaged figure).
+
+To hold out a validation split from the one training folder you have (the real test split
+is not given), ``--holdout K`` uses the last K images of each class (in file order) as the
+test set and trains on the rest: ``--train DIR --holdout 500`` (``--test`` may then be omitted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bf16_supported, describe_hardware, resolve_device
+
+from alexnet.data.decode import DecodeError, image_paths, read_image
+from alexnet.data.stats import DatasetStats, compute_stats
+from alexnet.training.config import from_dict, preset
+from alexnet.training.trainer import train
+
+CIFAR_SIZE = 32
+
+
+class InMemoryImages(Dataset):
+    """uint8 ``[N, 3, S, S]`` images and int64 labels in memory, with what the engine needs
+    (``classes``, ``class_names``, ``image_size``, ``stats``, ``targets``, ``get_batch``)."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        classes: Sequence[str],
+        stats: DatasetStats | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 [N, 3, S, S] images, got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels = images, labels.long()
+        self.classes = list(classes)
+        self.class_names = list(classes)
+        self.image_size = int(images.shape[-1])
+        self.bad_files: list[tuple[str, str]] = []
+        self._paths = list(paths) if paths is not None else None
+        self.stats = stats if stats is not None else compute_stats(images.split(1024))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
+
+    def path_of(self, i: int) -> str:
+        return self._paths[i] if self._paths is not None else f"<memory #{i}>"
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[idx], self.labels[idx]
+
+
+def load_folder(
+    root: Path, classes: Sequence[str] | None = None
+) -> tuple[list[tuple[list[Path], int]], list[str]]:
+    """``[(files of class c, c)]`` in file order, and the class list (sorted folder names)."""
+    if not root.is_dir():
+        raise SystemExit(f"error: {root} is not a directory")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise SystemExit(f"error: {root} has no class folders (expected DIR/<class>/*.jpg)")
+    classes = list(found if classes is None else classes)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise SystemExit(f"error: {root} has class folders not in the training classes: {unknown[:5]}")
+    return [(image_paths(root / c), classes.index(c)) for c in found], classes
+
+
+def decode_all(groups: Sequence[tuple[Sequence[Path], int]]) -> tuple[Tensor, Tensor, list[str], int]:
+    """Decode every file to uint8 ``[N, 3, 32, 32]``; unreadable or wrong-size files are
+    counted and skipped (returned as the last value), never fatal."""
+    images, labels, paths, skipped = [], [], [], 0
+    for files, label in groups:
+        for path in files:
+            try:
+                a = read_image(path)
+            except DecodeError:
+                skipped += 1
+                continue
+            if a.shape != (CIFAR_SIZE, CIFAR_SIZE, 3):
+                skipped += 1
+                continue
+            images.append(a)
+            labels.append(label)
+            paths.append(str(path))
+    if not images:
+        raise SystemExit("error: no decodable 32x32 images found")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.long), paths, skipped
+
+
+def reflect_pad(images: Tensor, pad: int) -> Tensor:
+    """Reflect-pad uint8 images by ``pad`` pixels per side (the translation augmentation's room)."""
+    if pad == 0:
+        return images
+    out = [F.pad(chunk.float(), (pad,) * 4, mode="reflect").to(torch.uint8) for chunk in images.split(4096)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: InMemoryImages, eval_tf: torch.nn.Module, device: torch.device,
+             *, bf16: bool, channels_last: bool, batch_size: int = 500) -> tuple[float, float, float]:
+    """(single-view top-1, flip-averaged top-1, images/s of the single-view pass)."""
+    model.eval()
+    eval_tf = eval_tf.to(device)
+    correct = torch.zeros(2, dtype=torch.long)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    seconds = 0.0
+    for s in range(0, len(data), batch_size):
+        x = data.images[s : s + batch_size].to(device)
+        y = data.labels[s : s + batch_size].to(device)
+        inputs = eval_tf(x).contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            t = time.perf_counter()
+            logits = model(inputs).float()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds += time.perf_counter() - t
+            logits_flip = model(inputs.flip(-1)).float()
+        p = logits.softmax(1) + logits_flip.softmax(1)
+        correct[0] += (logits.argmax(1) == y).sum().cpu()
+        correct[1] += (p.argmax(1) == y).sum().cpu()
+    n = len(data)
+    return correct[0].item() / n, correct[1].item() / n, n / max(seconds, 1e-9)
+
+
+def measure_train_speed(cfg, train_set: InMemoryImages, device: torch.device, seconds: float) -> float:
+    """Training images/s of this configuration, from a few steps on a throwaway model."""
+    from alexnet.data.transforms import TrainAugment
+    from alexnet.models import create_model
+
+    options = dict(cfg.model_options)
+    options.setdefault("input_size", cfg.crop)  # as the engine builds it
+    model = create_model(cfg.model, num_classes=len(train_set.classes), **options).to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    aug = TrainAugment(cfg.crop, train_set.stats, cfg.norm_mode).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    bs = cfg.batch_size
+    x, y = train_set.get_batch(list(range(bs)))
+    x, y = x.to(device), y.to(device)
+
+    def step() -> None:
+        inputs = aug(x).contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+            loss = F.cross_entropy(model(inputs).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n * bs / (time.perf_counter() - start)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", required=True, type=Path, help="training folder DIR/<class>/*.jpg")
+    p.add_argument("--test", type=Path, default=None, help="test folder (same layout)")
+    p.add_argument("--holdout", type=int, default=0, help="use the last K images per class of --train as the test set")
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole run (default 15)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pad", type=int, default=4, help="reflect padding for translations (default 4 px)")
+    p.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of fitting them to the budget")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training images (smoke tests)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary one)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of the cifar10 preset (repeatable), e.g. --set lr=0.1")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.test is None and args.holdout <= 0:
+        p.error("give --test DIR, or --holdout K to test on the last K images per class of --train")
+    if args.minutes <= 0 or args.pad < 0 or (args.epochs is not None and args.epochs < 1):
+        p.error("--minutes must be > 0, --pad >= 0, --epochs >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    budget_s = args.minutes * 60
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    print(describe_hardware(device))
+
+    # ---- data: decode once into memory
+    groups, classes = load_folder(args.train)
+    if args.holdout > 0:
+        train_groups = [(files[: max(0, len(files) - args.holdout)], c) for files, c in groups]
+        test_groups = [(files[max(0, len(files) - args.holdout) :], c) for files, c in groups]
+    else:
+        train_groups = groups
+        test_groups, _ = load_folder(args.test, classes)
+    if args.max_train:
+        per_class = max(1, args.max_train // len(groups))
+        train_groups = [(files[:per_class], c) for files, c in train_groups]
+    xtr, ytr, ptr, bad_tr = decode_all(train_groups)
+    xte, yte, pte, bad_te = decode_all(test_groups)
+    train_set = InMemoryImages(reflect_pad(xtr, args.pad), ytr, classes, paths=ptr)
+    # The test images share the training statistics (normalisation is the training set's).
+    test_set = InMemoryImages(reflect_pad(xte, args.pad), yte, classes, stats=train_set.stats, paths=pte)
+    print(f"data: {len(train_set)} training / {len(test_set)} test images in memory "
+          f"({bad_tr + bad_te} unreadable skipped), {len(classes)} classes, padded to {train_set.image_size} px; "
+          f"loaded in {time.perf_counter() - t0:.1f} s")
+
+    # ---- configuration: the cifar10 preset, tuned for this device
+    from alexnet.training.config import parse_override
+
+    cfg = preset("cifar10")
+    overrides = dict(parse_override(item) for item in args.set)
+    cfg = from_dict(overrides, cfg)
+    bf16 = bf16_supported(device)
+    cfg.device = str(device)
+    if "amp" not in overrides:
+        cfg.amp = "bf16" if bf16 else "none"
+    if "channels_last" not in overrides:
+        cfg.channels_last = True
+    if "crop" not in overrides:
+        cfg.crop = CIFAR_SIZE  # the padded images give the translations
+    cfg.num_workers = 0  # in memory: a batch is one gather
+    cfg.progress, cfg.tensorboard = False, False
+    cfg.checkpoint_minutes = 0.0
+    cfg.log_every = max(cfg.log_every, 50)
+    tmp = None
+    if args.out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="cifar10-")
+        cfg.out = tmp.name
+    else:
+        cfg.out = str(args.out)
+
+    # ---- epochs that fit the budget: measure the step speed, leave room for evaluation
+    if args.epochs is None:
+        ips = measure_train_speed(cfg, train_set, device, seconds=min(10.0, budget_s / 20))
+        # Left over: validation every epoch (~1/3 of a training pass over the val images) and the final test.
+        remaining = budget_s - (time.perf_counter() - t0)
+        per_epoch = len(train_set) / ips * 1.06 + 2.0
+        test_cost = 2 * len(test_set) / (3 * ips) + 5.0
+        cfg.epochs = max(1, math.floor((remaining - test_cost) / per_epoch))
+        print(f"measured {ips:,.0f} training images/s: {cfg.epochs} epochs fit in the budget")
+    else:
+        cfg.epochs = args.epochs
+    # The engine stops cleanly at this limit whatever happens (the schedule then ends early).
+    cfg.time_limit_minutes = max(0.05, (budget_s - (time.perf_counter() - t0)) / 60 - 0.3)
+    cfg.validate()
+    print(f"config: {cfg.model} {cfg.model_options}, batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule}, "
+          f"label smoothing {cfg.label_smoothing}, amp {cfg.amp}, channels_last {cfg.channels_last}, "
+          f"crop {cfg.crop}, epochs {cfg.epochs}")
+    sys.stdout.flush()
+
+    # ---- train through the engine (the test set doubles as its per-epoch validation)
+    result = train(cfg, train_set=train_set, val_set=test_set)
+    from alexnet.checkpoint import load_model
+
+    model, meta = load_model(Path(cfg.out) / "model.safetensors")
+    model.to(device).to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    from alexnet.data.transforms import EvalTransform
+
+    eval_tf = EvalTransform(meta.input_size, meta.stats, meta.norm_mode)
+    top1, top1_flip, infer_ips = evaluate(model, test_set, eval_tf, device, bf16=cfg.amp == "bf16",
+                                          channels_last=cfg.channels_last)
+    elapsed = time.perf_counter() - t0
+    print(f"training: {result.status}, {result.epochs} epochs, {result.step} steps in {result.elapsed_s:.0f} s, "
+          f"{result.images_per_s:,.0f} images/s")
+    print(f"inference: {infer_ips:,.0f} images/s (batch 500)")
+    print(f"elapsed: {elapsed / 60:.1f} min (budget {args.minutes:g} min, data loading included)")
+    print(f"test top-1 single view: {top1:.1%}")
+    print(f"test top-1 flip-averaged: {top1_flip:.1%}")
+    print(f"test top-1: {top1_flip:.1%}")
+    if tmp is not None:
+        tmp.cleanup()
+    return {"top1": top1, "top1_flip": top1_flip, "train_images_per_s": result.images_per_s,
+            "inference_images_per_s": infer_ips, "elapsed_s": elapsed, "epochs": result.epochs}
+
+
+if __name__ == "__main__":
+    main()
