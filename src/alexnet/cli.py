@@ -119,8 +119,67 @@ def add_data_info(dsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data_info)
 
 
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from alexnet.data.synth import synth_command
+
+    synth_command(args.out, seed=args.seed, num_classes=args.classes, train_per_class=args.train_per_class,
+                  val_per_class=args.val_per_class, size=args.size, workers=args.workers)
+    return 0
+
+
+def add_data_synth(dsub: argparse._SubParsersAction) -> None:
+    from alexnet.data import synth  # constants only: cheap
+
+    p = dsub.add_parser(
+        "synth",
+        help="generate the embedded dataset: procedurally drawn objects, ImageNet folder layout",
+        description="Write OUT/train/<class>/*.jpg and OUT/val/<class>/*.jpg: one drawn object per "
+        "image whose shape is the class, with colour, texture, pose, clutter and noise drawn "
+        "independently of the class. Deterministic: the same seed gives identical files.",
+    )
+    p.add_argument("out", help="output directory (new or empty)")
+    p.add_argument("--seed", type=int, default=synth.DEFAULT_SEED)
+    p.add_argument("--classes", type=int, default=synth.DEFAULT_CLASSES, help=f"2..{synth.MAX_CLASSES}")
+    p.add_argument("--train-per-class", type=int, default=synth.DEFAULT_TRAIN_PER_CLASS)
+    p.add_argument("--val-per-class", type=int, default=synth.DEFAULT_VAL_PER_CLASS)
+    p.add_argument("--size", type=int, default=synth.DEFAULT_SIZE, help="image side in pixels")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(func=cmd_data_synth)
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from alexnet.data.download import DownloadError, download_dataset
+
+    try:
+        download_dataset(args.dataset, args.out, variant=args.variant, url=args.url, md5=args.md5,
+                         verify=not args.no_verify, cache_dir=args.cache, keep_archive=args.keep_archive)
+    except DownloadError as exc:
+        raise CLIError(str(exc)) from exc
+    return 0
+
+
+def add_data_download(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "download",
+        help="download CIFAR-10 or Imagenette (verified, resumable) into the folder layout",
+        description="Fetch the official archive (resuming a partial download), verify its published "
+        "MD5, unpack it safely to OUT/train/<class>/ and OUT/val/<class>/. Mirrors: --url or "
+        "ALEXNET_CIFAR10_URL / ALEXNET_IMAGENETTE_URL.",
+    )
+    p.add_argument("dataset", choices=("cifar10", "imagenette"))
+    p.add_argument("out", help="output directory (new or empty)")
+    p.add_argument("--variant", default=None, help="imagenette: 160, 320 (default) or full")
+    p.add_argument("--url", default=None, help="download from this address instead (a mirror)")
+    p.add_argument("--md5", default=None, help="expected MD5 when a mirror serves a different file")
+    p.add_argument("--no-verify", action="store_true", help="skip the checksum check")
+    p.add_argument("--cache", default=None, help="where archives are kept while downloading "
+                   "(default: ~/.cache/alexnet/downloads or $ALEXNET_DATA/downloads)")
+    p.add_argument("--keep-archive", action="store_true", help="keep the archive after unpacking")
+    p.set_defaults(func=cmd_data_download)
+
+
 # Each entry takes the `data` group's sub-parsers object and adds one sub-command.
-DATA_COMMANDS = [add_data_prepare, add_data_stats, add_data_info]
+DATA_COMMANDS = [add_data_prepare, add_data_stats, add_data_info, add_data_synth, add_data_download]
 
 
 def add_data(sub: argparse._SubParsersAction) -> None:

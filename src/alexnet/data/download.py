@@ -311,17 +311,27 @@ def _numpy_reconstruct() -> Callable:
     return _reconstruct
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` restricted to what Python 3 pickles ``bytes`` with (protocol < 3)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode beyond latin-1 bytes")
+    return text.encode("latin-1")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles builtin containers and NumPy arrays only: anything else is refused.
 
     CIFAR-10's batches are Python 2 pickles of ``{'data': ndarray, 'labels': list, ...}``.
     A NumPy array pickles as ``_reconstruct(ndarray, shape, dtype)`` plus state; those
     three callables (under NumPy 1's ``numpy.core`` and NumPy 2's ``numpy._core``
-    names) are the only globals allowed, so a crafted pickle cannot call anything else.
+    names), and ``_codecs.encode`` limited to latin-1 (how Python 3 pickles ``bytes`` at
+    protocol 2, for re-saved copies), are the only globals allowed, so a crafted pickle
+    cannot call anything else.
     """
 
     def find_class(self, module: str, name: str):
         allowed = {
+            ("_codecs", "encode"): lambda: _latin1_encode,  # bytes, as pickled by Python 3 at protocol 2
             ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
             ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
             ("numpy", "ndarray"): lambda: np.ndarray,
