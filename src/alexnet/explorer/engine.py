@@ -8,8 +8,10 @@ for retrieval. Results are cached (bounded LRU) so that revealing layers one req
 a time re-uses the same forward pass.
 
 Thread safety: HTTP handlers call into the engine from a thread pool. Decoding runs
-under a small bounded semaphore (it is the memory-hungry step for large uploads) and
-the forward pass under a lock, so memory stays bounded however many requests arrive.
+under a small bounded semaphore (it is the memory-hungry step for large uploads), at
+most ``max_batch`` analyses are in flight, and the forward pass runs under a lock with
+the waiting images batched together, so memory stays bounded however many requests
+arrive and throughput rises under load.
 """
 
 from __future__ import annotations
@@ -172,16 +174,15 @@ def class_balanced(ds: Any, m: int) -> list[int]:
     by_class: dict[int, list[int]] = {}
     for i, t in enumerate(targets):
         by_class.setdefault(int(t), []).append(i)
-    queues = [by_class[c] for c in sorted(by_class)]
+    # Each class's images in a fixed shuffled order, so the picks are not all near its start.
+    rng = np.random.default_rng(0)
+    queues = [[by_class[c][j] for j in rng.permutation(len(by_class[c]))] for c in sorted(by_class)]
     out: list[int] = []
     depth = 0
     while len(out) < m and any(depth < len(q) for q in queues):
-        for q in queues:
-            if depth < len(q) and len(out) < m:
-                # Walk each class's images with a stride so the picks are not all near the start.
-                out.append(q[(depth * 7919) % len(q)] if len(q) > 1 else q[0])
+        out.extend(q[depth] for q in queues if depth < len(q))
         depth += 1
-    return sorted(set(out))
+    return out[:m]  # round-robin order: a gallery shows every class before repeating one
 
 
 # --------------------------------------------------------------------------- analysis
@@ -198,7 +199,6 @@ class Analysis:
     layers: dict[str, dict[str, Any]]  # per conv layer: shape, strongest channels, summary overlay
     probs: np.ndarray  # [num_classes]
     fc7: np.ndarray  # [D] float32 for retrieval
-    neighbors: list[dict[str, Any]] | None = field(default=None)
 
 
 @dataclass
