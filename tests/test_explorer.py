@@ -88,6 +88,13 @@ def client(assets: tuple[Path, Path]):
         yield c
 
 
+def _bomb() -> bytes:
+    """A few kB of PNG that declares 9 megapixels: refused from the header, never decoded."""
+    buf = io.BytesIO()
+    Image.new("1", (3000, 3000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _png(size: tuple[int, int] = (50, 40), seed: int = 0, fmt: str = "PNG") -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
@@ -229,6 +236,7 @@ def test_batched_forward_matches_one_by_one(assets: tuple[Path, Path]) -> None:
         ({"file": ("a.png", _png()[:60], "image/png")}, 422),  # truncated
         ({"file": ("a.png", b"", "image/png")}, 400),
         ({"file": ("big.png", _png((1200, 1000)), "image/png")}, 413),  # 1.2 MP > 1 MP limit
+        ({"file": ("bomb.png", _bomb(), "image/png")}, 413),
         ({"file": ("big.bin", b"\xff" * 300_000, "image/jpeg")}, 413),  # bytes over the cap
         ({"other": ("a.png", _png(), "image/png")}, 422),  # wrong field name
     ],
