@@ -3,8 +3,9 @@
 ``alexnet data synth OUT`` writes an ImageNet-layout folder dataset of JPEG files::
 
     OUT/train/<class>/<class>_00000.jpg ...     OUT/val/<class>/...
-    OUT/classes.json      {"classes": [...], "class_names": [...], ...}
-    OUT/classes.txt       "<class>\\t<readable name>" per line, in index order
+    OUT/class_names.json  {"00_star": "star", ...}: readable names (read by alexnet.data.folder)
+    OUT/synth.json        how it was made (version, seed, counts, classes); written last,
+                          so its presence marks a complete dataset
 
 Every image shows one object whose *shape* is the class (star, heart, key, ...). What
 is not the class is drawn independently of it from the same distributions for every
@@ -22,6 +23,7 @@ byte-identical files regardless of the number of worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -46,6 +48,7 @@ DEFAULT_SIZE = 64
 SUPERSAMPLE = 4  # the object's mask is drawn at 4x and downsampled: anti-aliased edges
 JPEG_QUALITY = 90
 SPLITS = ("train", "val")
+MARKER = "synth.json"
 
 # --------------------------------------------------------------------------- shapes
 # A shape is a list of drawing ops in unit coordinates (x right, y down, roughly within
@@ -382,10 +385,10 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _texture(rng: np.random.Generator, n: int, base: np.ndarray) -> np.ndarray:
     """The object's fill: solid, stripes, checks, dots or gradient, in colours unrelated to the class."""
-    kind = rng.choice(5, p=[0.4, 0.15, 0.15, 0.15, 0.15])
+    kind = rng.choice(5, p=[0.5, 0.125, 0.125, 0.125, 0.125])
     if kind == 0:
         return np.broadcast_to(base, (n, n, 3))
-    other = _random_colour(rng)
+    other = 0.5 * base + 0.5 * _random_colour(rng)  # a second tone: texture, not a new silhouette
     yy, xx = _coords(n)
     period = rng.uniform(0.08, 0.2)
     ang = rng.uniform(0, math.pi)
@@ -475,13 +478,13 @@ def render(class_index: int, rng: np.random.Generator, size: int = DEFAULT_SIZE)
     """
     n = size
     canvas = Image.fromarray(np.clip(_background(rng, n), 0, 255).astype(np.uint8))
-    _clutter(rng, ImageDraw.Draw(canvas), n, int(rng.integers(1, 6)))
+    _clutter(rng, ImageDraw.Draw(canvas), n, int(rng.integers(0, 5)))
     img = np.asarray(canvas, dtype=np.float32)
 
     # Pose: scale (half-extent), aspect, rotation, mirror, and position (may poke out of frame).
-    r = rng.uniform(0.2, 0.42) * n
+    r = rng.uniform(0.24, 0.44) * n
     aspect = math.exp(rng.uniform(-0.2, 0.2))
-    rot = rng.uniform(-math.pi / 4, math.pi / 4)
+    rot = rng.uniform(-math.pi / 6, math.pi / 6)
     mirror = bool(rng.random() < 0.5)
     margin = r * 0.8
     cx, cy = rng.uniform(margin, n - margin, 2)
@@ -499,9 +502,9 @@ def render(class_index: int, rng: np.random.Generator, size: int = DEFAULT_SIZE)
     img = img * (1 - mask) + _texture(rng, n, base) * mask
 
     canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    _clutter(rng, ImageDraw.Draw(canvas), n, int(rng.integers(0, 3)), scale=0.5)  # occluders
+    _clutter(rng, ImageDraw.Draw(canvas), n, int(rng.integers(0, 2)), scale=0.5)  # occluders
     out = np.asarray(canvas, np.float32)
-    out += rng.normal(0, rng.uniform(0, 10), out.shape).astype(np.float32)
+    out += rng.normal(0, rng.uniform(0, 8), out.shape).astype(np.float32)
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
@@ -548,8 +551,8 @@ def generate(
     if not 16 <= size <= 1024:
         raise ValueError(f"size must be between 16 and 1024 px, got {size}")
     out = Path(out)
-    if (out / "classes.json").exists():
-        raise FileExistsError(f"{out} already holds a dataset (classes.json exists)")
+    if (out / MARKER).exists():
+        raise FileExistsError(f"{out} already holds a dataset ({MARKER} exists)")
     out.mkdir(parents=True, exist_ok=True)
 
     chunk = 50  # small jobs keep both cores busy to the end
@@ -574,9 +577,9 @@ def generate(
 
     folders = class_folders(num_classes)
     names = class_names(num_classes)
-    (out / "classes.txt").write_text(
-        "".join(f"{f}\t{n}\n" for f, n in zip(folders, names, strict=True))
-    )
+    # Readable names where the folder dataset looks for them (alexnet.data.folder).
+    mapping = dict(zip(folders, names, strict=True))
+    (out / "class_names.json").write_text(json.dumps(mapping, indent=1) + "\n")
     meta = {
         "name": "alexnet-embedded",
         "version": VERSION,
@@ -587,7 +590,7 @@ def generate(
         "class_names": names,
     }
     # Written last: its presence marks a complete dataset.
-    (out / "classes.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (out / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
     return out
 
 
@@ -611,38 +614,47 @@ def embedded_dataset_path(seed: int = DEFAULT_SEED) -> Path:
 
 
 def is_complete(path: str | os.PathLike) -> bool:
-    return (Path(path) / "classes.json").is_file()
+    return (Path(path) / MARKER).is_file()
 
 
 def ensure_embedded_dataset(
-    path: str | os.PathLike | None = None, seed: int = DEFAULT_SEED, progress: bool = True
+    path: str | os.PathLike | None = None,
+    seed: int = DEFAULT_SEED,
+    progress: bool = True,
+    **options,
 ) -> Path:
-    """Return the embedded dataset at ``path`` (default :func:`embedded_dataset_path`), generating it first if missing.
+    """Return the embedded dataset at ``path`` (default :func:`embedded_dataset_path`),
+    generating it first if missing.
 
     Generation goes to a temporary sibling directory that is renamed into place only
-    when complete, so an interrupted run never leaves something that looks finished.
-    Concurrent callers are safe: whoever renames first wins, the others discard theirs.
+    when complete, so an interrupted run never leaves something that looks finished
+    (leftovers of killed runs are removed after an hour). Concurrent callers are safe:
+    whoever renames first wins, the others discard theirs. ``options`` go to
+    :func:`generate` (e.g. ``size=32``); they change the content, so give them their own ``path``.
     """
     path = Path(path) if path is not None else embedded_dataset_path(seed)
     if is_complete(path):
         return path
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(
             f"{path} exists but holds no complete embedded dataset; remove it or choose another path"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    prefix = f".{path.name}.partial-"
+    for stale in path.parent.glob(prefix + "*"):
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
         t0 = time.perf_counter()
-        generate(tmp, seed=seed, progress=progress)
-        if path.exists():
-            path.rmdir()  # empty (checked above)
+        generate(tmp, seed=seed, progress=progress, **options)
         try:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
             tmp.rename(path)
         except OSError:
-            if not is_complete(
-                path
-            ):  # lost a race to a complete dataset: fine; otherwise a real error
+            if not is_complete(path):  # lost a race to a complete dataset: fine; else a real error
                 raise
         if progress:
             print(f"generated the embedded dataset in {time.perf_counter() - t0:.1f} s: {path}")
