@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import multiprocessing.pool
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -41,6 +42,7 @@ import simplejpeg
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
+from tqdm import tqdm
 
 from alexnet.data.decode import DecodeError, encode_jpeg, read_image, resize_center_crop
 from alexnet.data.folder import (
@@ -90,9 +92,9 @@ def _init_worker(cfg: dict) -> None:
     torch.set_num_threads(1)
 
 
-def _process(item: tuple[str, int]) -> tuple[int, bytes | None, str, np.ndarray | None]:
+def _process(item: tuple[str, int, bool]) -> tuple[int, bytes | None, str, np.ndarray | None]:
     """Decode, resize and encode one source image: (label, payload or None, reason, image for stats)."""
-    path, label = item
+    path, label, want_stats = item
     size = _CFG["size"]
     try:
         img = resize_center_crop(read_image(path, min_side=size), size)  # [S, S, 3]
@@ -102,7 +104,7 @@ def _process(item: tuple[str, int]) -> tuple[int, bytes | None, str, np.ndarray 
         return label, None, f"corrupt: {type(exc).__name__}: {exc}", None
     chw = np.ascontiguousarray(img.transpose(2, 0, 1))
     payload = chw.tobytes() if _CFG["encoding"] == "raw" else encode_jpeg(img, _CFG["quality"])
-    return label, payload, "", chw if _CFG["stats"] else None
+    return label, payload, "", chw if want_stats else None
 
 
 class _ShardStats:
@@ -195,8 +197,6 @@ def prepare_dataset(
     Rerunning after an interruption resumes at the first incomplete shard; rerunning a
     finished preparation returns its index. Parameters must match the interrupted run.
     """
-    from tqdm import tqdm
-
     from alexnet.data.loader import default_workers
 
     src, out = Path(src), Path(out)
@@ -258,31 +258,20 @@ def prepare_dataset(
     done = [j for j in jobs if _shard_done(out, j[0], j[1])]
     workers = workers or default_workers()
     cfg = {"size": size, "encoding": fmt, "quality": quality}
+    # fork: workers inherit the imported modules (start-up in milliseconds, not seconds)
+    pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg,))
     t0 = time.time()
     bar = tqdm(total=total, initial=sum(len(j[2]) for j in done), unit="img", disable=not progress, desc="prepare")
-    pool = None
     try:
         for s, k, items in jobs:
-            if _shard_done(out, s, k):
-                continue
-            want_stats = compute_statistics and s == stats_split
-            cfg_s = {**cfg, "stats": want_stats}
-            if pool is None or pool._cfg != cfg_s:  # type: ignore[attr-defined]
-                if pool is not None:
-                    pool.close()
-                    pool.join()
-                pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg_s,))
-                pool._cfg = cfg_s  # type: ignore[attr-defined]
-            _write_shard(out, s, k, items, pool, size, want_stats, bar)
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
-            pool = None
+            if not _shard_done(out, s, k):
+                _write_shard(out, s, k, items, pool, size, compute_statistics and s == stats_split, bar)
+        pool.close()
+    except BaseException:  # Ctrl-C included: stop the workers now; finished shards stay
+        pool.terminate()
         raise
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+        pool.join()
         bar.close()
     index = _finalize(out, splits, params, class_names, jobs, stats_split if compute_statistics else None)
     n_bad = sum(len(v["bad_files"]) for v in index["splits"].values())
@@ -318,7 +307,18 @@ def _shard_done(out: Path, split: str, k: int) -> bool:
         return False
 
 
-def _write_shard(out, split, k, items, pool, size, want_stats, bar) -> None:
+def _write_shard(
+    out: Path,
+    split: str,
+    k: int,
+    items: list[tuple[str, int]],
+    pool: mp.pool.Pool,
+    size: int,
+    want_stats: bool,
+    bar: tqdm,
+) -> None:
+    """Encode ``items`` into shard ``k`` of ``split``: payload, then statistics, then the
+    sidecar JSON last (its presence marks the shard complete)."""
     name = _shard_name(split, k)
     final = out / f"{name}.bin"
     tmp = out / f"{name}.bin.tmp"
@@ -327,7 +327,8 @@ def _write_shard(out, split, k, items, pool, size, want_stats, bar) -> None:
     stats = _ShardStats(size) if want_stats else None
     nbytes = 0
     with open(tmp, "wb") as f:
-        for (path, _), (label, payload, reason, chw) in zip(items, pool.imap(_process, items, chunksize=8), strict=True):
+        work = [(path, label, want_stats) for path, label in items]
+        for (path, _), (label, payload, reason, chw) in zip(items, pool.imap(_process, work, chunksize=8), strict=True):
             bar.update(1)
             if payload is None:
                 bad.append((path, reason))
