@@ -205,3 +205,12 @@ def test_resume_refuses_changed_sources(tmp_path, monkeypatch):
     (src / "train" / CLASSES[1] / "0.JPEG").rename(src / "train" / CLASSES[1] / "renamed.JPEG")
     with pytest.raises(DatasetError, match="interrupted preparation"):
         prepare_dataset(src, out, size=8, fmt="raw", workers=1, progress=False)
+
+
+def test_refuses_unrelated_output_directory(src, tmp_path):
+    busy = tmp_path / "home"
+    busy.mkdir()
+    (busy / "notes.tmp").write_text("mine")
+    with pytest.raises(DatasetError, match="not empty"):
+        prepare_dataset(src, busy, size=8, fmt="raw", workers=1, progress=False)
+    assert (busy / "notes.tmp").read_text() == "mine"

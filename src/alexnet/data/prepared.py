@@ -73,6 +73,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: not a JSON object")
+    return data
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -229,17 +239,20 @@ def prepare_dataset(
         # resumed shards must come from the same files in the same order
         "listing_sha256": {s: _listing_digest(ds) for s, ds in splits.items()},
     }
-    out.mkdir(parents=True, exist_ok=True)
     index_path = out / INDEX_FILE
     params_path = out / "prepare.json"
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (index_path.is_file() or params_path.is_file()):
+        raise DatasetError(f"{out} is not empty and holds no preparation: choose an empty or new directory")
+    out.mkdir(parents=True, exist_ok=True)
     if index_path.is_file():
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        if index.get("params") == params:
+        if _read_json(index_path).get("params") == params:
             print(f"{out}: already prepared")
-            return index
+            return _read_json(index_path)
         raise DatasetError(f"{out} holds a different prepared dataset; choose another OUT or delete it")
     if params_path.is_file():
-        if json.loads(params_path.read_text(encoding="utf-8")) != params:
+        if _read_json(params_path) != params:
             raise DatasetError(
                 f"{out} holds an interrupted preparation with other parameters or source files; delete it first"
             )
