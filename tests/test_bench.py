@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import _common  # noqa: E402
+import end_to_end  # noqa: E402
 import train_throughput  # noqa: E402
 
 # --------------------------------------------------------------------------- fast LRN
@@ -133,3 +135,65 @@ def test_train_throughput_compiled_cpu(capsys: pytest.CaptureFixture[str]) -> No
          "--num-classes=10", "--batch-sizes=4", "--steps=2", "--warmup=1", "--paths=fast"]
     )
     assert "torch.compile" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- end_to_end.py
+
+
+@pytest.fixture(scope="module")
+def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared JPEG dataset of 24 random 48x40 photos in 3 classes, stored at 40 px."""
+    from PIL import Image
+
+    from alexnet.data.prepared import prepare_dataset
+
+    src = tmp_path_factory.mktemp("src")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (src / c).mkdir()
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(src / c / f"{i}.jpg")
+    out = tmp_path_factory.mktemp("prepared")
+    prepare_dataset(src, out, size=40, workers=1, progress=False)
+    return out
+
+
+def test_end_to_end_cpu_tiny(prepared_tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = end_to_end.main(
+        [str(prepared_tiny), "--device=cpu", "--model=alexnet_small", '--model-options={"width": 0.25}',
+         "--crop=32", "--batch-size=4", "--steps=3", "--warmup=1", "--workers=0", "--no-compile"]
+    )
+    out = capsys.readouterr().out
+    assert "decode gpu: skipped (needs a CUDA device)" in out
+    assert re.search(r"end to end: +[0-9.,]+ images/s delivered into training steps", out)
+    assert re.search(r"data wait: +[0-9.]+% of wall time blocked on the loader; device idle [0-9.]+%", out)
+    r = results["cpu"]
+    assert r["end_to_end_images_per_s"] > 0 and r["compute_images_per_s"] > 0
+    assert 0.0 <= r["loader_wait_fraction"] < 1.0 and 0.0 <= r["device_idle_fraction"] < 1.0
+
+
+def test_end_to_end_worker_processes(prepared_tiny: Path) -> None:
+    # Batches come through a worker process and more epochs than the data holds (24 images, 8 steps of 4).
+    results = end_to_end.main(
+        [str(prepared_tiny), "--device=cpu", "--model=alexnet_small", '--model-options={"width": 0.125}',
+         "--crop=32", "--batch-size=4", "--steps=8", "--warmup=0", "--workers=1", "--no-compile", "--decode=cpu"]
+    )
+    assert results["cpu"]["end_to_end_images_per_s"] > 0
+
+
+def test_jpeg_bytes_batches_are_the_stored_images(prepared_tiny: Path) -> None:
+    import simplejpeg
+
+    from alexnet.data.folder import open_dataset
+
+    ds = open_dataset(prepared_tiny, "train")
+    flat, lengths, labels = end_to_end.JpegBytes(ds).get_batch([5, 0, 17])
+    decoded = [simplejpeg.decode_jpeg(b.numpy().tobytes(), colorspace="RGB") for b in flat.split(lengths.tolist())]
+    x, y = ds.get_batch([5, 0, 17])
+    assert torch.equal(torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2), x)
+    assert torch.equal(labels, y)
+
+
+def test_end_to_end_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="error"):
+        end_to_end.main([str(tmp_path / "nope"), "--device=cpu"])
