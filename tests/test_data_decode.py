@@ -212,3 +212,15 @@ def test_jpeg_dct_downscale_close_to_full_decode(tmp_path):
     fast = load_resized(p, 64).float()
     full = torch.from_numpy(resize_center_crop(np.asarray(Image.open(p).convert("RGB")), 64).transpose(2, 0, 1).copy())
     assert (fast - full.float()).abs().mean() < 3
+
+
+def test_16bit_rgb_png_is_rescaled(tmp_path):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    a = np.array([[[0, 32896, 65535], [65535, 0, 2570]]], dtype=">u2")  # 2x1 RGB, 16 bits per channel
+    raw = b"".join(b"\0" + row.tobytes() for row in a)
+    ihdr = struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0)
+    p = tmp_path / "rgb16.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    np.testing.assert_array_equal(read_image(p), [[[0, 128, 255], [255, 0, 10]]])
