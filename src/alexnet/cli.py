@@ -320,7 +320,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         "to open the explorer on the checkpoint.",
     )
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--minutes", type=float, default=6.0, help="training time budget (default 6)")
+    p.add_argument("--minutes", type=float, default=8.0,
+                   help="time budget for training and evaluation (default 8; data generation adds ~15 s)")
     p.add_argument("--data", default=None, help="dataset instead of the embedded one")
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

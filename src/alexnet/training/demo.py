@@ -77,7 +77,7 @@ def plan_epochs(epoch_seconds: float, train_seconds: float) -> int:
 
 def run_demo(
     out: str | Path = "runs/demo",
-    minutes: float = 6.0,
+    minutes: float = 8.0,
     data: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     report: bool = True,
