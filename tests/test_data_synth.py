@@ -145,3 +145,14 @@ def test_cli_synth(tmp_path, capsys):
     assert main(args) == 2  # refuses to overwrite
     assert main(["data", "synth", str(tmp_path / "t"), "--classes", "99"]) == 2
     assert "classes must be between" in capsys.readouterr().err
+
+
+def test_cli_help_states_the_real_defaults():
+    from alexnet.cli import build_parser
+
+    parser = build_parser()
+    data = next(a for a in parser._subparsers._group_actions[0].choices["data"]._subparsers._group_actions)
+    text = " ".join(data.choices["synth"].format_help().split())
+    for value in (synth.DEFAULT_CLASSES, synth.DEFAULT_TRAIN_PER_CLASS, synth.DEFAULT_VAL_PER_CLASS, synth.DEFAULT_SIZE):
+        assert f"default {value}" in text
+    assert f"2..{synth.MAX_CLASSES}" in text

@@ -122,14 +122,14 @@ def add_data_info(dsub: argparse._SubParsersAction) -> None:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from alexnet.data.synth import synth_command
 
-    synth_command(args.out, seed=args.seed, num_classes=args.classes, train_per_class=args.train_per_class,
-                  val_per_class=args.val_per_class, size=args.size, workers=args.workers)
+    options = dict(seed=args.seed, num_classes=args.classes, train_per_class=args.train_per_class,
+                   val_per_class=args.val_per_class, size=args.size, workers=args.workers)
+    synth_command(args.out, **{k: v for k, v in options.items() if v is not None})
     return 0
 
 
 def add_data_synth(dsub: argparse._SubParsersAction) -> None:
-    from alexnet.data import synth  # constants only: cheap
-
+    # Defaults live in alexnet.data.synth (not imported here: it would slow every command).
     p = dsub.add_parser(
         "synth",
         help="generate the embedded dataset: procedurally drawn objects, ImageNet folder layout",
@@ -138,11 +138,11 @@ def add_data_synth(dsub: argparse._SubParsersAction) -> None:
         "independently of the class. Deterministic: the same seed gives identical files.",
     )
     p.add_argument("out", help="output directory (new or empty)")
-    p.add_argument("--seed", type=int, default=synth.DEFAULT_SEED)
-    p.add_argument("--classes", type=int, default=synth.DEFAULT_CLASSES, help=f"2..{synth.MAX_CLASSES}")
-    p.add_argument("--train-per-class", type=int, default=synth.DEFAULT_TRAIN_PER_CLASS)
-    p.add_argument("--val-per-class", type=int, default=synth.DEFAULT_VAL_PER_CLASS)
-    p.add_argument("--size", type=int, default=synth.DEFAULT_SIZE, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--classes", type=int, default=None, help="number of classes, 2..24 (default 20)")
+    p.add_argument("--train-per-class", type=int, default=None, help="default 500")
+    p.add_argument("--val-per-class", type=int, default=None, help="default 50")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 64)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=cmd_data_synth)
 
@@ -378,7 +378,7 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a training run directory (with checkpoints/ and metrics.jsonl)")
     p.add_argument("--data", default=None, help="dataset (default: the one in the run's config.json)")
     p.add_argument("--max-eval", type=int, default=None, help="validate on at most this many images")
-    p.add_argument("--max-index", type=int, default=10000, help="training images indexed for retrieval (default 10000)")
+    p.add_argument("--max-index", type=int, default=5000, help="training images indexed for retrieval (default 5000)")
     _common(p)
     p.set_defaults(func=_analysis("cmd_report"))
 
