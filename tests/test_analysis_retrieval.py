@@ -155,3 +155,18 @@ def test_cli_neighbors_builds_then_reuses_the_index(tiny_run: TinyRun, tmp_path:
     assert (ix / FEATURES_FILE).stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert len(second[0]["neighbours"]) == 3
     assert main(["neighbors", "--checkpoint", ck, "--index", str(ix), "--query", str(tmp_path / "no.jpg")]) == 1
+
+
+def test_bench_retrieval_runs_at_tiny_size(capsys) -> None:
+    """bench/retrieval.py end to end on small synthetic features, so the script cannot rot."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import retrieval as bench
+
+    rows = bench.main(["--n", "600", "--dim", "96", "--bits", "32", "--queries", "8", "--repeats", "1",
+                       "--clusters", "6", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "hardware:" in out and "speed-up" in out and len(rows) == 4
+    assert rows["exact (fp32 matmul)"]["recall"] == 1.0
+    assert all(0.0 <= r["recall"] <= 1.0 and r["seconds"] > 0 for r in rows.values())

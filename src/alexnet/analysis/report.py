@@ -129,7 +129,7 @@ def write_report(
     device: str | torch.device | None = None,
     batch_size: int = 128,
     max_eval: int | None = None,
-    max_index: int = 10000,
+    max_index: int = 5000,
     num_queries: int = 8,
     num_neighbours: int = 6,
     num_samples: int = 8,
@@ -319,8 +319,14 @@ img.pixels { image-rendering: pixelated; } pre { background: #f6f6f6; padding: 1
 
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    cls = ' class="pixels"' if path.name == "conv1_kernels.png" else ""
-    return f'<img{cls} alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+    attrs = ""
+    if path.name == "conv1_kernels.png":  # small exact-pixel picture: show it enlarged, unblurred
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width = im.width
+        attrs = f' class="pixels" style="width: {min(1100, width * max(1, 600 // width))}px"'
+    return f'<img{attrs} alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
 def _html(rep: _Report, title: str) -> str:

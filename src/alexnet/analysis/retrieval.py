@@ -102,7 +102,7 @@ class ITQ:
         return self.projection.shape[1]
 
     @classmethod
-    def fit(cls, x: Tensor, bits: int = 256, iterations: int = 50, seed: int = 0) -> ITQ:
+    def fit(cls, x: Tensor, bits: int = 256, iterations: int = 30, seed: int = 0) -> ITQ:
         bits = min(bits, x.shape[1], max(1, x.shape[0] - 1))
         mean = x.float().mean(0)
         xc = x.float() - mean
@@ -227,7 +227,7 @@ class FeatureIndex:
             index.fit_codes(bits)
         return index
 
-    def fit_codes(self, bits: int = 256, iterations: int = 50, sample: int = 5000) -> None:
+    def fit_codes(self, bits: int = 256, iterations: int = 30, sample: int = 5000) -> None:
         """Learn the ITQ projection on (a random sample of) the indexed features, encode them all."""
         data = self.features
         if data.shape[0] > sample:
