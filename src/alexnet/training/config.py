@@ -84,6 +84,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also checkpoint when this much time has passed; 0: off
     max_steps: int | None = None  # stop after this many optimiser steps in all (for smoke runs)
     time_limit_minutes: float | None = None  # stop cleanly (checkpoint, validate) after this long
+    fit_time_limit: bool = False  # re-plan epochs (and the schedule) after each epoch to end in time
     tensorboard: bool = True
     progress: bool = True
     preset: str | None = None  # the preset these values started from (recorded, not applied)

@@ -108,6 +108,7 @@ def run_demo(
             flush=True,
         )
     cfg.time_limit_minutes = budget / 60
+    cfg.fit_time_limit = "epochs" not in (overrides or {})  # the probe's plan, corrected as it goes
     result = train(cfg.validate(), resume=False)
 
     run_dir = Path(result.run_dir)

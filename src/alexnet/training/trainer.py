@@ -387,6 +387,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.train_time = 0.0  # seconds spent training, summed over resumed segments
         self.last_saved_step: int | None = None
+        self._planned_epochs = cfg.epochs
 
     # ------------------------------------------------------------------ data
 
@@ -615,6 +616,7 @@ class Trainer:
         self.net.train()
         zero = torch.zeros((), device=dev)
         status = "completed"
+        segment_epochs = 0  # whole epochs run by this process (for fit_time_limit)
         while self.epoch < cfg.epochs:
             total = self.steps_per_epoch
             batches = self.train_batches.epoch(self.epoch, self.batch_in_epoch)
@@ -722,7 +724,28 @@ class Trainer:
             last_ckpt_time = time.perf_counter()
             if status != "completed":
                 return status
+            if epoch_done and cfg.fit_time_limit and cfg.time_limit_minutes is not None:
+                segment_epochs += 1
+                if not self._refit_epochs((time.perf_counter() - t_start) / segment_epochs):
+                    return "time_limit"
         return status
+
+    def _refit_epochs(self, epoch_seconds: float) -> bool:
+        """Re-plan ``epochs`` so the run ends within its time limit (measured epoch time,
+        validation included); the schedule is stretched or shrunk to the new length so that
+        it still anneals to its end. False when not even one more epoch fits."""
+        cfg = self.cfg
+        left = cfg.time_limit_minutes * 60 - self.train_time
+        fit = self.epoch + int(left // max(epoch_seconds, 1e-9))
+        fit = D.broadcast_object(min(fit, 2 * self._planned_epochs))
+        if fit <= self.epoch:
+            return False
+        if fit != cfg.epochs:
+            if self.is_main:
+                print(f"re-planned to {fit} epochs ({epoch_seconds:.0f} s per epoch, time limit)", flush=True)
+            cfg.epochs = fit
+            self.schedule.total_steps = fit * self.steps_per_epoch
+        return True
 
     def _progress(self, batches: Iterator[tuple[Tensor, Tensor]]) -> Any:
         if not (self.is_main and self.cfg.progress):
