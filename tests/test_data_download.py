@@ -99,8 +99,8 @@ def _tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
 
 
 class _Py2Pickler(pickle._Pickler):
-    """Writes ``bytes`` as Python 2 wrote ``str`` (BINSTRING opcodes), not as Python 3's
-    ``_codecs.encode(...)`` call, so the archive matches what the official files contain."""
+    """Writes ``bytes`` and ``str`` as Python 2 wrote ``str`` (BINSTRING opcodes), not as
+    Python 3's ``_codecs.encode(...)`` call, so the archive matches the official files."""
 
     dispatch = pickle._Pickler.dispatch.copy()
 
@@ -112,7 +112,11 @@ class _Py2Pickler(pickle._Pickler):
             self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
         self.memoize(obj)
 
+    def save_str(self, obj: str) -> None:  # NumPy's dtype state ("|", "u1") was a Python 2 str too
+        self.save_bytes(obj.encode("latin-1"))
+
     dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
 
 
 def _py2_pickle(obj: object) -> bytes:
