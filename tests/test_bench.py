@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import _common  # noqa: E402
+import cifar10  # noqa: E402
 import end_to_end  # noqa: E402
 import train_throughput  # noqa: E402
 
@@ -197,3 +198,49 @@ def test_jpeg_bytes_batches_are_the_stored_images(prepared_tiny: Path) -> None:
 def test_end_to_end_missing_data_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="error"):
         end_to_end.main([str(tmp_path / "nope"), "--device=cpu"])
+
+
+# --------------------------------------------------------------------------- cifar10.py
+
+
+def _jpeg_folder(root: Path, per_class: int, size: int = 32, seed: int = 0) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in ("cat", "dog", "ship"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i:04d}.jpg")
+    return root
+
+
+def test_cifar10_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = _jpeg_folder(tmp_path / "train", per_class=6)
+    test = _jpeg_folder(tmp_path / "test", per_class=2, seed=1)
+    (test / "ship" / "broken.jpg").write_bytes(b"not a jpeg")  # counted and skipped, not fatal
+    out = cifar10.main(
+        ["--train", str(train), "--test", str(test), "--device=cpu", "--epochs=1", "--minutes=2",
+         "--out", str(tmp_path / "run"), "--set", "batch_size=8", "--set",
+         "model_options={width: 0.125, norm: bn, dropout: 0.5}"]
+    )
+    text = capsys.readouterr().out
+    assert "18 training / 6 test images in memory (1 unreadable skipped)" in text
+    assert re.search(r"^test top-1: \d+\.\d%$", text.strip().splitlines()[-1])
+    assert "test top-1 single view:" in text and "images/s" in text
+    assert 0.0 <= out["top1"] <= 1.0 and out["epochs"] == 1
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_cifar10_holdout_split_and_padding(tmp_path: Path) -> None:
+    train = _jpeg_folder(tmp_path / "train", per_class=5)
+    groups, classes = cifar10.load_folder(train)
+    assert classes == ["cat", "dog", "ship"] and all(len(files) == 5 for files, _ in groups)
+    x, y, _, skipped = cifar10.decode_all(groups)
+    assert x.shape == (15, 3, 32, 32) and skipped == 0 and y.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    padded = cifar10.reflect_pad(x, 4)
+    assert padded.shape == (15, 3, 40, 40) and torch.equal(padded[:, :, 4:36, 4:36], x)
+    ds = cifar10.InMemoryImages(padded, y, classes)
+    xb, yb = ds.get_batch([14, 0])
+    assert torch.equal(xb, padded[[14, 0]]) and yb.tolist() == [2, 0]
+    with pytest.raises(SystemExit):
+        cifar10.parse_args(["--train", str(train)])  # neither --test nor --holdout
