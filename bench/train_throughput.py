@@ -153,6 +153,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 50 CUDA, 5 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps after the first (default 10 CUDA, 1 CPU)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="take model, options, input side and batch size from a training preset (e.g. cifar10)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--model", default="alexnet", help="model of the zoo (default: the paper's alexnet)")
     p.add_argument("--image-size", type=int, default=None, help="input side (default: the model's, 224)")
     p.add_argument("--num-classes", type=int, default=1000)
@@ -170,7 +176,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     cuda = resolve_device(args.device).type == "cuda"
-    args.batch_sizes = [int(b) for b in (args.batch_sizes or ("128,256,512" if cuda else "32")).split(",")]
+    preset_batch = None
+    if args.preset:
+        from alexnet.training.config import ConfigError, preset
+
+        try:
+            cfg = preset(args.preset)
+        except ConfigError as exc:
+            p.error(str(exc))
+        args.model, preset_batch = cfg.model, str(cfg.batch_size)
+        args.model_options = json.dumps(cfg.model_options)
+        if args.image_size is None and cfg.crop is None:
+            p.error(f"preset {args.preset!r} sets no crop (it depends on the data): pass --image-size")
+        if args.image_size is None:
+            args.image_size = cfg.crop
+        if cfg.model == "alexnet_small" and args.image_size:
+            args.model_options = json.dumps({**cfg.model_options, "input_size": args.image_size})
+        if args.num_classes == 1000 and cfg.model == "alexnet_small":
+            args.num_classes = 10
+    default_batches = preset_batch or ("128,256,512" if cuda else "32")
+    args.batch_sizes = [int(b) for b in (args.batch_sizes or default_batches).split(",")]
     if any(b < 1 for b in args.batch_sizes):
         p.error("batch sizes must be positive")
     args.steps = args.steps if args.steps is not None else (50 if cuda else 5)
@@ -192,6 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # both paths: the classic recipe used it too
@@ -215,7 +242,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     n_params = sum(p.numel() for p in probe.parameters())
     fwd = forward_flops(probe, (3, args.image_size, args.image_size))
     del probe
-    print(f"model: {args.model} {args.image_size}x{args.image_size}, {args.num_classes} classes, {n_params:,} parameters")
+    if args.preset:
+        print(f"preset: {args.preset}")
+    print(f"model: {args.model} {args.model_options or ''} {args.image_size}x{args.image_size}, {args.num_classes} classes, {n_params:,} parameters")
     print(
         f"forward FLOPs per image: {fwd / 1e9:.3f} GFLOP (convolutions + matrix products, multiply-add = 2); "
         f"a training image counts 3x = {3 * fwd / 1e9:.3f} GFLOP"
