@@ -189,20 +189,45 @@ def test_cli_predict_reports_bad_files_and_goes_on(tiny_run: TinyRun, tmp_path: 
 # --------------------------------------------------------------------------- torchvision weights
 
 
-def test_torchvision_weights_evaluate_and_predict(torchvision_weights: Path, tmp_path: Path) -> None:
-    """A torchvision alexnet state dict loads as alexnet_owt with ImageNet classes and works
-    in evaluate (a two-class ImageNet subset in class folders) and predict."""
+def test_torchvision_weights_evaluate_both_imagenet_layouts_and_predict(torchvision_weights: Path, tmp_path: Path) -> None:
+    """A torchvision alexnet state dict loads as alexnet_owt with ImageNet classes and works in
+    evaluate on both ImageNet validation layouts (class folders; the official flat folder with
+    its ground-truth CSV), giving identical results, and in predict."""
     model, meta = load_model(torchvision_weights)
     assert meta.model == "alexnet_owt" and meta.classes == list(IMAGENET_SYNSETS)
-    root = tmp_path / "imagenet_subset"
+    folders, flat = tmp_path / "folders" / "val", tmp_path / "flat" / "val"
+    flat.mkdir(parents=True)
+    rows = ["ImageId,PredictionString"]
     rng = np.random.default_rng(0)
-    for synset in (IMAGENET_SYNSETS[1], IMAGENET_SYNSETS[7]):
-        (root / synset).mkdir(parents=True)
+    for n, synset in enumerate((IMAGENET_SYNSETS[1], IMAGENET_SYNSETS[7])):
+        (folders / synset).mkdir(parents=True)
         for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(root / synset / f"{i}.jpg")
-    dataset = open_dataset(root, None)
-    result = evaluate((model, meta), dataset, device="cpu", batch_size=4)
-    assert isinstance(result, EvalResult) and result.num_images == 4
-    assert result.labels.tolist() == [1, 1, 7, 7]  # mapped into the 1000-class space
-    preds = predict_images(model, meta, [root / IMAGENET_SYNSETS[1] / "0.jpg"])
+            image = Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8))
+            image.save(folders / synset / f"ILSVRC2012_val_{2 * n + i:08d}.JPEG", quality=95)
+            image.save(flat / f"ILSVRC2012_val_{2 * n + i:08d}.JPEG", quality=95)
+            rows.append(f"ILSVRC2012_val_{2 * n + i:08d},{synset} 1 1 50 50")
+    (tmp_path / "flat" / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+
+    by_folder = evaluate((model, meta), open_dataset(folders, None), device="cpu", batch_size=4)
+    by_csv = evaluate((model, meta), open_dataset(tmp_path / "flat", "val"), device="cpu", batch_size=4)
+    for result in (by_folder, by_csv):
+        assert isinstance(result, EvalResult) and result.num_images == 4
+        assert result.labels.tolist() == [1, 1, 7, 7]  # mapped into the 1000-class space
+    assert torch.equal(by_folder.top_idx, by_csv.top_idx) and by_folder.top5 == by_csv.top5
+    preds = predict_images(model, meta, [folders / IMAGENET_SYNSETS[1] / "ILSVRC2012_val_00000000.JPEG"])
     assert len(preds[0]) == 5 and preds[0][0].class_id in IMAGENET_SYNSETS
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "imagenet-samples").is_dir(), reason="shared ImageNet samples absent")
+def test_predict_real_imagenet_photos(torchvision_weights: Path) -> None:
+    """Full-size real JPEGs go through the decoder and the 256 -> 224 pipeline of predict."""
+    model, meta = load_model(torchvision_weights)
+    files = sorted((SHARED_DATA / "imagenet-samples").glob("*.JPEG"))[:3]
+    results = predict_files(model, meta, files)
+    assert [("top" in r) for r in results] == [True] * len(files)
+    for r in results:
+        probs = [p.prob for p in r["top"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
