@@ -143,6 +143,11 @@ def test_cli_synth(tmp_path, capsys):
     assert sum(1 for _ in out.rglob("*.jpg")) == 9
     assert "wrote 9 images" in capsys.readouterr().out
     assert main(args) == 2  # refuses to overwrite
+    assert "not an empty directory" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    assert main(["data", "synth", str(tmp_path / "other"), "--classes", "2"]) == 2  # nor to mix in
+    assert not (tmp_path / "other" / "train").exists()
     assert main(["data", "synth", str(tmp_path / "t"), "--classes", "99"]) == 2
     assert "classes must be between" in capsys.readouterr().err
 

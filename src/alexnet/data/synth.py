@@ -551,8 +551,8 @@ def generate(
     if not 16 <= size <= 1024:
         raise ValueError(f"size must be between 16 and 1024 px, got {size}")
     out = Path(out)
-    if (out / MARKER).exists():
-        raise FileExistsError(f"{out} already holds a dataset ({MARKER} exists)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty directory; choose a new one")
     out.mkdir(parents=True, exist_ok=True)
 
     chunk = 50  # small jobs keep both cores busy to the end
@@ -676,10 +676,6 @@ def synth_command(
     """The ``alexnet data synth`` handler: generate, then print what was written and how fast."""
     from alexnet.cli import CLIError
 
-    if is_complete(out):
-        raise CLIError(f"{out} already holds a dataset; choose an empty or new directory")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise CLIError(f"{out} is not a directory")
     t0 = time.perf_counter()
     try:
         generate(
@@ -692,7 +688,7 @@ def synth_command(
             workers=workers,
             progress=True,
         )
-    except ValueError as exc:
+    except (ValueError, FileExistsError) as exc:
         raise CLIError(str(exc)) from exc
     dt = time.perf_counter() - t0
     total = num_classes * (train_per_class + val_per_class)
