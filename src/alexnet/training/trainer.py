@@ -388,6 +388,7 @@ class Trainer:
         self.train_time = 0.0  # seconds spent training, summed over resumed segments
         self.last_saved_step: int | None = None
         self._planned_epochs = cfg.epochs
+        self.last_train_loss: float | None = None
 
     # ------------------------------------------------------------------ data
 
@@ -791,6 +792,7 @@ class Trainer:
         n = max(n, 1.0)
         val = self.validate()
         self.last_val = val
+        self.last_train_loss = tl / n
         best = False
         if val:
             if epoch_done:
@@ -837,7 +839,7 @@ class Trainer:
             val_top5=val.get("val_top5"),
             val_loss=val.get("val_loss"),
             best_val_top1=self.best_top1,
-            train_loss=None,
+            train_loss=self.last_train_loss,
             elapsed_s=self.train_time,
             images_per_s=self.step * self.cfg.batch_size * self.dist.world_size / max(self.train_time, 1e-9),
             world_size=self.dist.world_size,
