@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-VERSION = 1  # bump when the drawing changes: cached datasets are keyed by it
+VERSION = 2  # bump when the drawing changes: cached datasets are keyed by it (v2: less clutter, ±30° pose)
 DEFAULT_SEED = 0
 DEFAULT_CLASSES = 20
 DEFAULT_TRAIN_PER_CLASS = 500
@@ -609,7 +609,7 @@ def data_home() -> Path:
 
 
 def embedded_dataset_path(seed: int = DEFAULT_SEED) -> Path:
-    """The cache path of the default embedded dataset, e.g. ``~/.cache/alexnet/embedded-v1-seed0``."""
+    """The cache path of the default embedded dataset, e.g. ``~/.cache/alexnet/embedded-v2-seed0``."""
     return data_home() / f"embedded-v{VERSION}-seed{seed}"
 
 
