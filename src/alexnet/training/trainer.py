@@ -189,6 +189,11 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def _in_main_thread() -> bool:
     import threading
 
@@ -680,7 +685,10 @@ class Trainer:
                         }
                     )
                     if bar is not batches:
-                        bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:,.0f}", refresh=False)
+                        left = (cfg.epochs * self.steps_per_epoch - self.step) * cfg.batch_size * world / max(ips, 1e-9)
+                        bar.set_postfix(
+                            loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:,.0f}", run_eta=_hms(left), refresh=False
+                        )
                     loss_sum.zero_(), correct1.zero_(), correct5.zero_()
                     seen, t_log, n_log = 0, now, 0
                 if control:
