@@ -768,6 +768,7 @@ class Trainer:
             desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
             unit="batch",
             dynamic_ncols=True,
+            disable=None,  # off when stderr is not a terminal (logs, CI)
             leave=False,
             file=sys.stderr,
         )
