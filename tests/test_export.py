@@ -84,17 +84,13 @@ def test_cli_export_verifies_each_format(tiny_run: TinyRun, tmp_path: Path, caps
 
 
 def test_torchvision_weights_export(torchvision_weights: Path, tmp_path: Path) -> None:
-    """torchvision alexnet weights -> alexnet_owt -> safetensors (with ImageNet meta) and
-    TorchScript, both computing the same logits as the loaded model."""
+    """torchvision alexnet weights -> alexnet_owt -> safetensors with the ImageNet metadata,
+    computing the same logits when loaded back (the other formats are format-generic and
+    tested on the tiny model above; tracing the 61M-parameter net here would only cost time)."""
     model, meta = load_model(torchvision_weights)
     x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        want = model(x)
     st = export_model(model, meta, "safetensors", tmp_path / "tv.safetensors")
     again, meta2 = load_model(st)
     assert meta2.model == "alexnet_owt" and meta2.num_classes == 1000 and meta2.classes == meta.classes
-    ts, doc = load_torchscript(export_model(model, meta, "torchscript", tmp_path / "tv.ts"))
     with torch.no_grad():
-        torch.testing.assert_close(again(x), want)
-        torch.testing.assert_close(ts(x), want, atol=1e-4, rtol=1e-4)
-    assert doc["model"] == "alexnet_owt"
+        torch.testing.assert_close(again(x), model(x))
