@@ -25,7 +25,7 @@ from alexnet.analysis.retrieval import (
     recall_at_k,
     unpack_signs,
 )
-from alexnet.checkpoint import load_model
+from alexnet.checkpoint import load_model, save_checkpoint
 from alexnet.cli import main
 from alexnet.data.folder import open_dataset
 
@@ -155,6 +155,15 @@ def test_cli_neighbors_builds_then_reuses_the_index(tiny_run: TinyRun, tmp_path:
     assert (ix / FEATURES_FILE).stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert len(second[0]["neighbours"]) == 3
     assert main(["neighbors", "--checkpoint", ck, "--index", str(ix), "--query", str(tmp_path / "no.jpg")]) == 1
+    capsys.readouterr()
+
+    # Other weights (same architecture) would give other features: the index is refused.
+    model, meta = load_model(tiny_run.checkpoint)
+    state = model.state_dict()
+    state["fc7.weight"] = state["fc7.weight"] + 0.01
+    other = save_checkpoint(tmp_path / "other.pt", state, meta)
+    assert main(["neighbors", "--checkpoint", str(other), "--index", str(ix), "--query", query]) == 2
+    assert "other weights" in capsys.readouterr().err
 
 
 def test_bench_retrieval_runs_at_tiny_size(capsys) -> None:

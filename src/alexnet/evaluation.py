@@ -83,6 +83,7 @@ class Predictor:
         self.meta = meta
         self.crops = crops
         self.transform = meta.eval_transform(ten_crop=crops == 10).to(self.device)
+        self._centre: nn.Module | None = None
 
     @torch.inference_mode()
     def probs(self, images: Tensor) -> Tensor:
@@ -96,7 +97,12 @@ class Predictor:
     @torch.inference_mode()
     def features(self, images: Tensor, layer: str = "fc7") -> Tensor:
         """Activations of ``layer`` (flattened, float32) for the centre crop of a uint8 batch."""
-        transform = self.transform if self.crops == 1 else self.meta.eval_transform().to(self.device)
+        if self.crops == 1:
+            transform = self.transform
+        else:  # features come from the centre crop whatever the prediction mode
+            if self._centre is None:
+                self._centre = self.meta.eval_transform().to(self.device)
+            transform = self._centre
         x = transform(fit_images(images.to(self.device, non_blocking=True), self.meta.image_size))
         return self.model.forward_layers(x, [layer])[layer].flatten(1).float()
 

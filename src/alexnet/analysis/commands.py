@@ -133,7 +133,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:
-    from alexnet.analysis.retrieval import FeatureIndex, IndexFormatError
+    from alexnet.analysis.retrieval import FeatureIndex, IndexFormatError, weights_fingerprint
     from alexnet.evaluation import ImageLoadError, Predictor, load_image
 
     device = _device(args.device)
@@ -147,10 +147,10 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
             if not args.data:
                 raise CLIError(f"{exc}; pass --data DIR to rebuild it") from None
             print(f"warning: {exc}; rebuilding", file=sys.stderr)
-    if index is not None and index.info.get("model") not in (None, meta.model):
+    if index is not None and index.info.get("weights_sha256") != weights_fingerprint(model):
         raise CLIError(
-            f"the index in {index_dir} was built with {index.info.get('model')}, not {meta.model}; "
-            "use --rebuild --data DIR or another --index"
+            f"the index in {index_dir} was built with other weights ({index.info.get('model')}) than "
+            f"{args.checkpoint}; its features would not match. Use --rebuild --data DIR or another --index"
         )
     if index is None:
         if not args.data:

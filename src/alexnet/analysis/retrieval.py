@@ -146,7 +146,7 @@ class SearchResult:
 class FeatureIndex:
     """fc7 activations of a dataset with its paths and labels, searchable exactly or by code."""
 
-    features: Tensor  # float32 [N, D] (float16 on disk)
+    features: Tensor  # float32 [N, D] (float16 on disk when in range)
     labels: Tensor  # int64 [N]
     paths: list[str]
     classes: list[str]
@@ -221,7 +221,12 @@ class FeatureIndex:
             class_names=list(getattr(base, "class_names", base.classes)),
             layer=layer,
             positions=torch.tensor(positions, dtype=torch.int64),
-            info={"model": meta.model, "model_classes": meta.num_classes, "image_size": meta.image_size},
+            info={
+                "model": meta.model,
+                "model_classes": meta.num_classes,
+                "image_size": meta.image_size,
+                "weights_sha256": weights_fingerprint(model),
+            },
         )
         if bits:
             index.fit_codes(bits)
@@ -318,11 +323,18 @@ class FeatureIndex:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {"features": self.features.half().contiguous(), "labels": self.labels.contiguous()}
+        # float16 halves the file; activations beyond its range (65504) keep float32.
+        half = self.features.half()
+        stored = half if bool(torch.isfinite(half).all()) else self.features.float()
+        tensors = {"features": stored.cpu().contiguous(), "labels": self.labels.cpu().contiguous()}
         if self.positions is not None:
-            tensors["positions"] = self.positions.contiguous()
+            tensors["positions"] = self.positions.cpu().contiguous()
         if self.itq is not None and self.codes is not None:
-            tensors |= {"itq.mean": self.itq.mean, "itq.projection": self.itq.projection, "codes": self.codes}
+            tensors |= {
+                "itq.mean": self.itq.mean.cpu().contiguous(),
+                "itq.projection": self.itq.projection.cpu().contiguous(),
+                "codes": self.codes.cpu().contiguous(),
+            }
         atomic_write_bytes(directory / FEATURES_FILE, save(tensors))
         doc = {
             "version": INDEX_VERSION,
@@ -383,6 +395,19 @@ class FeatureIndex:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IndexFormatError(f"feature index in {directory} is inconsistent: {exc}") from None
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's weights: an index is only valid for the exact weights that built it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def recall_at_k(approx: Tensor, exact: Tensor) -> float:
