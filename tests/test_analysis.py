@@ -174,3 +174,15 @@ def test_confusion_plot_handles_many_classes(tmp_path: Path) -> None:
 def test_curves_plot_without_step_records(tmp_path: Path) -> None:
     records = [{"kind": "epoch", "epoch": e, "loss": 2 - e / 10, "lr": 0.01, "val_top1": 0.1 * e} for e in range(3)]
     assert _png_size(plots.plot_training_curves(records, tmp_path / "c.png")) == (1500, 420)
+
+
+def test_demo_writes_the_report(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:
+    """`alexnet demo` ends with the report (issue: "alexnet demo produces the report")."""
+    from alexnet.training.demo import run_demo
+
+    out = tmp_path / "demo"
+    run_demo(out, minutes=0.05, data=tiny_run.data,
+             overrides={"epochs": 1, "batch_size": 16, "tensorboard": False, "progress": False, "num_workers": 0})
+    assert f"report: {out / 'report' / 'report.html'}" in capsys.readouterr().out
+    assert _png_size(out / "report" / "training_curves.png") == FIGURES["training_curves.png"]
+    assert len(re.findall(r'src="data:image/png;base64,', (out / "report" / "report.html").read_text())) == 6
