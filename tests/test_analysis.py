@@ -186,3 +186,18 @@ def test_demo_writes_the_report(tiny_run: TinyRun, tmp_path: Path, capsys) -> No
     assert f"report: {out / 'report' / 'report.html'}" in capsys.readouterr().out
     assert _png_size(out / "report" / "training_curves.png") == FIGURES["training_curves.png"]
     assert len(re.findall(r'src="data:image/png;base64,', (out / "report" / "report.html").read_text())) == 6
+
+
+def test_only_imagenet_runs_go_on_the_timeline(tiny_run: TinyRun) -> None:
+    import copy
+
+    from alexnet.analysis.report import _is_imagenet
+    from alexnet.data.imagenet import IMAGENET_CLASSES
+
+    _, meta = load_model(tiny_run.checkpoint)
+    assert not _is_imagenet(meta)
+    imagenet = copy.deepcopy(meta)
+    imagenet.classes = [s for s, _ in IMAGENET_CLASSES]
+    imagenet.class_names = [n for _, n in IMAGENET_CLASSES]
+    imagenet.num_classes = 1000
+    assert _is_imagenet(imagenet)

@@ -177,6 +177,8 @@ def plot_top5(
         probs = [p for _, p in preds][::-1]
         colors = ["C2" if name == truth else "C0" for name in names]
         ax_bar.barh(range(len(names)), probs, color=colors)
+        for y, p in enumerate(probs):
+            ax_bar.text(min(p, 0.78) + 0.02, y, f"{p:.0%}" if p >= 0.01 else f"{p:.1%}", va="center", fontsize=7)
         ax_bar.set_yticks(range(len(names)), [s[:22] for s in names], fontsize=8)
         ax_bar.set_xlim(0, 1)
         ax_bar.tick_params(axis="x", labelsize=7)
