@@ -201,3 +201,13 @@ def test_only_imagenet_runs_go_on_the_timeline(tiny_run: TinyRun) -> None:
     imagenet.class_names = [n for _, n in IMAGENET_CLASSES]
     imagenet.num_classes = 1000
     assert _is_imagenet(imagenet)
+
+
+def test_report_without_config_needs_data(tiny_run: TinyRun, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run.run_dir / "model.safetensors", run / "model.safetensors")  # an export alone
+    page = write_report(run, device="cpu").read_text()
+    assert "pass --data DIR" in page and "conv1 kernels" in page
+    page = write_report(run, data=tiny_run.data, device="cpu", num_queries=2).read_text()
+    assert "top-1 error" in page and "Retrieval" in page

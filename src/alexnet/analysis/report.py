@@ -86,12 +86,14 @@ def open_run_splits(run_dir: Path, data: str | Path | None) -> tuple[Any, Any, s
     try:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        config = {}
+        config = None
     if not isinstance(config, dict):
+        if data is None:
+            raise ReportError("the run has no readable config.json naming its dataset; pass --data DIR")
         config = {}
     if data is None:
         data = config.get("data")
-        if data is None:
+        if data is None:  # the trainer's default: the embedded dataset
             from alexnet.data.synth import ensure_embedded_dataset
 
             data = ensure_embedded_dataset(progress=False)
