@@ -252,9 +252,10 @@ class EvalResult:
             for n, k, a in zip(self.class_names, self.class_counts.tolist(), self.per_class, strict=True)
             if k
         ]
-        if rows:
+        if rows and max_classes > 0:
             rows.sort(key=lambda r: r[2])
-            shown = rows if len(rows) <= max_classes else [*rows[:max_classes // 2], None, *rows[-max_classes // 2:]]
+            worst = max_classes // 2
+            shown = rows if len(rows) <= max_classes else [*rows[:worst], None, *rows[len(rows) - (max_classes - worst) :]]
             width = min(40, max(len(r[0]) for r in rows))
             lines += ["", f"{'class':<{width}}  {'images':>7}  {'top-1 acc':>9}"]
             for r in shown:
