@@ -216,7 +216,10 @@ def write_report(
             from alexnet.training.data import HeldOut
 
             eval_set = HeldOut(val, _spaced(len(val), max_eval))
-        result = evaluate((model, meta), eval_set, crops=1, batch_size=batch_size, device=device, num_workers=num_workers)
+        result = evaluate(
+            (model, meta), eval_set, crops=1, batch_size=batch_size, device=device, num_workers=num_workers,
+            names=[model_file.name],
+        )
         _write(out / "evaluation.json", (json.dumps(result.to_dict(), indent=1) + "\n").encode())
         rep.facts += [
             ("data", data_path),
