@@ -51,7 +51,9 @@ def _png_size(path: Path) -> tuple[int, int]:
 def report(tiny_run: TinyRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(tiny_run.run_dir, run)
-    return write_report(run, device="cpu", num_queries=3, num_samples=4)
+    # Through the command line, as a user runs it (8 queries, 8 samples: the defaults).
+    assert main(["report", str(run), "--device", "cpu", "--max-index", "40", "--workers", "0"]) == 0
+    return run / "report" / "report.html"
 
 
 def test_report_pngs_are_real_images_of_the_expected_size(report: Path, tiny_run: TinyRun) -> None:
@@ -61,9 +63,9 @@ def test_report_pngs_are_real_images_of_the_expected_size(report: Path, tiny_run
     model, _ = load_model(tiny_run.checkpoint)
     grid = kernel_grid(model)
     assert _png_size(out / "conv1_kernels.png") == (grid.shape[1], grid.shape[0])
-    # top-5: 4 samples in one row of 4 (3.2 x 4.4 in per cell); retrieval: 3 queries x (1 + 6).
-    assert _png_size(out / "top5_predictions.png") == (1280, 440)
-    assert _png_size(out / "retrieval.png") == (round(100 * (1.6 * 7 + 0.4)), round(100 * (1.7 * 3 + 0.3)))
+    # top-5: 8 samples in 2 rows of 4 (3.2 x 4.4 in per cell); retrieval: 8 queries x (1 + 6).
+    assert _png_size(out / "top5_predictions.png") == (1280, 880)
+    assert _png_size(out / "retrieval.png") == (round(100 * (1.6 * 7 + 0.4)), round(100 * (1.7 * 8 + 0.3)))
 
 
 def test_report_html_is_self_contained(report: Path) -> None:
@@ -110,14 +112,6 @@ def test_report_errors(tmp_path: Path, capsys) -> None:
         write_report(tmp_path / "empty_run")
     assert main(["report", str(tmp_path / "empty_run")]) == 2
     assert "error:" in capsys.readouterr().err
-
-
-def test_cli_report(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run.run_dir, run)
-    assert main(["report", str(run), "--max-eval", "6", "--max-index", "20", "--workers", "0"]) == 0
-    assert "report.html" in capsys.readouterr().out
-    assert json.loads((run / "report" / "evaluation.json").read_text())["num_images"] == 6
 
 
 # --------------------------------------------------------------------------- conv1 kernels
@@ -209,5 +203,6 @@ def test_report_without_config_needs_data(tiny_run: TinyRun, tmp_path: Path) -> 
     shutil.copy(tiny_run.run_dir / "model.safetensors", run / "model.safetensors")  # an export alone
     page = write_report(run, device="cpu").read_text()
     assert "pass --data DIR" in page and "conv1 kernels" in page
-    page = write_report(run, data=tiny_run.data, device="cpu", num_queries=2).read_text()
+    page = write_report(run, data=tiny_run.data, device="cpu", num_queries=2, max_eval=6, max_index=20).read_text()
     assert "top-1 error" in page and "Retrieval" in page
+    assert json.loads((run / "report" / "evaluation.json").read_text())["num_images"] == 6

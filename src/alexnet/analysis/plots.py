@@ -43,8 +43,11 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
-def _figure(width: float, height: float, **kwargs: Any) -> plt.Figure:
-    return plt.figure(figsize=(width, height), dpi=DPI, layout="constrained", **kwargs)
+def _figure(width: float, height: float, layout: str | None = "constrained") -> plt.Figure:
+    """A figure of exactly ``width`` x ``height`` inches at :data:`DPI`. Image grids pass
+    ``layout=None`` and place their axes by hand: the constrained solver is slow on dozens
+    of axes and buys nothing for a regular grid."""
+    return plt.figure(figsize=(width, height), dpi=DPI, layout=layout)
 
 
 def _hwc(image: Tensor | np.ndarray) -> np.ndarray:
@@ -203,7 +206,10 @@ def plot_retrieval(
     """
     rows = len(queries)
     cols = 1 + max((len(n) for n in neighbours), default=0)
-    fig = _figure(1.6 * cols + 0.4, 1.7 * rows + 0.3)
+    width, height = 1.6 * cols + 0.4, 1.7 * rows + 0.3
+    fig = _figure(width, height, layout=None)
+    fig.subplots_adjust(left=0.3 / width, right=1 - 0.1 / width, bottom=0.1 / height, top=1 - 0.25 / height,
+                        wspace=0.08, hspace=0.12)
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     for r in range(rows):
         for c in range(cols):
