@@ -132,6 +132,16 @@ def _digest(obj: Any) -> str:
 # --------------------------------------------------------------------------- atomic write
 
 
+def _read_umask() -> int:
+    """The process umask, read once at import (setting it is process-wide, so never in threads)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
 
@@ -142,6 +152,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; match an ordinary open()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,9 +103,8 @@ def open_run_splits(run_dir: Path, data: str | Path | None) -> tuple[Any, Any, s
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Atomic write, readable by others (a report is meant to be shared; mkstemp makes 0600)."""
+    """Atomic write, readable by others (a report is meant to be shared)."""
     atomic_write_bytes(path, data)
-    os.chmod(path, 0o644)
 
 
 def _spaced(n: int, k: int) -> list[int]:
