@@ -21,6 +21,8 @@ from alexnet.data.decode import (
     resize_center_crop,
 )
 
+pytestmark = pytest.mark.reliability  # every file here is untrusted input
+
 
 def _save(img: Image.Image, path: Path, fmt: str, **kw) -> Path:
     img.save(path, format=fmt, **kw)

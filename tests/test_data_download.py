@@ -209,6 +209,7 @@ def test_imagenette_layout_and_env_url(server, tmp_path, monkeypatch):
     assert len(server.ranges) == n_requests
 
 
+@pytest.mark.reliability
 def test_checksum_mismatch_is_a_clear_error_with_no_output(server, tmp_path):
     blob, _ = _cifar_tarball(per_batch=2)
     server.files["/c.tar.gz"] = blob
@@ -227,6 +228,7 @@ def test_checksum_mismatch_is_a_clear_error_with_no_output(server, tmp_path):
     assert rc == 2 and not out.exists()
 
 
+@pytest.mark.reliability
 def test_resume_uses_range_request(server, tmp_path):
     blob = bytes(range(256)) * 4000  # 1 MB
     server.files["/big.bin"] = blob
@@ -287,6 +289,7 @@ def _malicious(kind: str) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("kind", ["traversal", "absolute", "symlink", "device"])
 def test_malicious_archive_is_refused(server, tmp_path, kind):
     blob = _malicious(kind)
@@ -300,6 +303,7 @@ def test_malicious_archive_is_refused(server, tmp_path, kind):
     assert not [p for p in (tmp_path / "deep").iterdir() if p.name.startswith(".out")]
 
 
+@pytest.mark.reliability
 def test_restricted_unpickler_refuses_code(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -321,6 +325,7 @@ def test_restricted_unpickler_refuses_code(tmp_path):
         load_cifar_pickle(b"not a pickle")
 
 
+@pytest.mark.reliability
 def test_cifar_with_bad_contents_is_refused(server, tmp_path):
     # Labels out of range: a clear error, not a wrong folder.
     members = {}

@@ -50,6 +50,7 @@ def test_imagenet_layout_labels_names_and_items(tmp_path):
     assert val.classes == ds.classes and len(val) == 9
 
 
+@pytest.mark.reliability
 def test_bad_files_are_counted_never_mislabelled(tmp_path):
     root = _imagenet_tree(tmp_path / "ds")
     train = root / "train"
@@ -143,6 +144,7 @@ def test_ilsvrc_val_without_id_table_is_a_clear_error(tmp_path):
         open_dataset(root, "val")
 
 
+@pytest.mark.reliability
 def test_open_dataset_errors(tmp_path):
     with pytest.raises(DatasetError, match="not found"):
         open_dataset(tmp_path / "missing")

@@ -103,6 +103,7 @@ def test_loader_over_prepared_with_workers(src, raw, tmp_path, fmt):
     assert len(tail) == 1 and torch.equal(tail[0][0], ref[2][0])
 
 
+@pytest.mark.reliability
 def test_corrupted_shard_is_named(raw, tmp_path):
     import shutil
 
@@ -123,6 +124,7 @@ def test_corrupted_shard_is_named(raw, tmp_path):
     assert cli(["data", "info", str(copy)]) == 2
 
 
+@pytest.mark.reliability
 def test_damaged_index_is_an_error(raw, tmp_path):
     import shutil
 
@@ -141,6 +143,7 @@ def test_damaged_index_is_an_error(raw, tmp_path):
         open_dataset(copy, "val")
 
 
+@pytest.mark.reliability
 def test_interrupted_prepare_resumes(src, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
     real = prepared._write_shard

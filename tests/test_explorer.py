@@ -241,10 +241,11 @@ def test_batched_forward_matches_one_by_one(assets: tuple[Path, Path]) -> None:
         ({"other": ("a.png", _png(), "image/png")}, 422),  # wrong field name
     ],
 )
-def test_bad_uploads_get_4xx_json(client: TestClient, files: dict, status: int) -> None:
+def test_bad_uploads_get_4xx_json(client: TestClient, files: dict, status: int, figure) -> None:
     r = client.post("/api/predict", files=files)
     assert r.status_code == status, r.text
     assert isinstance(r.json()["detail"], str)
+    figure("bad upload answered with a 4xx JSON error", r.status_code)
 
 
 @pytest.mark.reliability
@@ -308,7 +309,7 @@ def test_data_from_the_run_config(tmp_path: Path, assets: tuple[Path, Path]) -> 
 
 
 @pytest.mark.reliability
-def test_bad_requests_and_traversal(client: TestClient) -> None:
+def test_bad_requests_and_traversal(client: TestClient, figure) -> None:
     assert client.post("/api/predict", json={"file": "x"}).status_code == 415
     assert client.post("/api/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}).status_code == 422
     bad_ids = ["..", "../../etc/passwd", "val-999999", "val-1.jpg", "train--1", "upload-abc", "%2e%2e%2fapp.py", "val-1/../../x", "val-1%0A", "val-" + "9" * 40]
@@ -323,10 +324,11 @@ def test_bad_requests_and_traversal(client: TestClient) -> None:
         r = client.get(path)
         assert r.status_code == 404, (path, r.status_code)
         assert b"def create_app" not in r.content
+    figure("traversal and bad ids tried (all 404, nothing outside served)", 2 * len(bad_ids) + 4)
 
 
 @pytest.mark.reliability
-def test_raw_traversal_over_a_real_socket(server: Server) -> None:
+def test_raw_traversal_over_a_real_socket(server: Server, figure) -> None:
     """Paths sent byte-for-byte (no client-side normalisation) never reach files outside."""
     host, port = server.url.removeprefix("http://").split(":")
     for raw in ("/static/../app.py", "/static/../../../../etc/passwd", "/api/images/../../etc/passwd", "/static/%2e%2e/engine.py"):
@@ -338,6 +340,7 @@ def test_raw_traversal_over_a_real_socket(server: Server) -> None:
         status = int(response.split(b" ", 2)[1])
         assert status in (400, 404), (raw, response[:200])
         assert b"root:" not in response and b"def create_app" not in response
+    figure("raw (un-normalised) traversal requests refused", 4)
 
 
 # --------------------------------------------------------------------------- a real server
@@ -392,7 +395,7 @@ def server(assets: tuple[Path, Path]):
 
 
 @pytest.mark.reliability
-def test_200_concurrent_predictions(server: Server) -> None:
+def test_200_concurrent_predictions(server: Server, figure) -> None:
     """200 uploads at once: all answered, none with a 5xx, and the server's memory stays bounded."""
     pid = server.pid
     uploads = [_png((64 + i % 7, 48 + i % 5), seed=i, fmt="JPEG" if i % 2 else "PNG") for i in range(40)]
@@ -424,6 +427,10 @@ def test_200_concurrent_predictions(server: Server) -> None:
     assert statuses.count(200) == 180 and statuses.count(422) == 20
     print(f"200 concurrent predictions in {seconds:.1f} s, peak RSS growth {growth_kib / 1024:.1f} MiB")
     assert growth_kib < 300 * 1024
+    figure("concurrent requests served (180 images + 20 garbage)", len(statuses))
+    figure("5xx responses", sum(st >= 500 for st in statuses))
+    figure("seconds for all 200", round(seconds, 1))
+    figure("peak server RSS growth, MiB (limit 300)", round(growth_kib / 1024, 1))
 
 
 # --------------------------------------------------------------------------- the page in a real browser
