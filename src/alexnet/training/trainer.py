@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,8 @@ class TrainResult:
     model: str
     num_classes: int
     data: str
+    # Source files skipped as unreadable (path, reason), train and val: counted, never guessed at.
+    bad_files: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -422,6 +424,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------------ checkpoints
+
+    def bad_files(self) -> list[dict[str, str]]:
+        """Unreadable source files this process skipped, train and val (see ``data.folder``)."""
+        return _bad_files_of(self.train_set, self.val_set)
 
     def model_state(self) -> dict[str, Tensor]:
         """The weights in the one-device layout (a split model is stored grouped)."""
@@ -857,6 +863,7 @@ class Trainer:
             model=self.cfg.model,
             num_classes=len(self.classes),
             data=self.data_path,
+            bad_files=self.bad_files(),
         )
         if self.is_main:
             from alexnet.checkpoint import atomic_write_bytes
@@ -867,6 +874,14 @@ class Trainer:
                 print(f"warning: could not write summary.json ({exc})", file=sys.stderr)
         D.barrier()
         return result
+
+
+def _bad_files_of(*datasets: Any) -> list[dict[str, str]]:
+    seen: dict[str, str] = {}
+    for ds in datasets:
+        for path, reason in getattr(ds, "bad_files", None) or []:
+            seen.setdefault(str(path), str(reason))
+    return [{"path": p, "reason": r} for p, r in sorted(seen.items())]
 
 
 def train(
@@ -897,4 +912,8 @@ def format_summary(result: TrainResult) -> str:
         lines.append(f"val top-1: {result.val_top1:.1%}  top-5: {result.val_top5:.1%}")
     if result.best_val_top1 is not None:
         lines.append(f"best val top-1: {result.best_val_top1:.1%}  ({result.best_checkpoint})")
+    if result.bad_files:
+        shown = ", ".join(f"{Path(b['path']).name} ({b['reason']})" for b in result.bad_files[:5])
+        more = f" and {len(result.bad_files) - 5} more" if len(result.bad_files) > 5 else ""
+        lines.append(f"skipped {len(result.bad_files)} unreadable files: {shown}{more} (all in summary.json)")
     return "\n".join(lines)
