@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from alexnet.data.decode import DecodeError, image_paths, is_image_file, load_resized, probe_image
 from alexnet.data.imagenet import IMAGENET_SYNSETS, readable_name
-from alexnet.data.stats import DatasetStats, StatsAccumulator
+from alexnet.data.stats import DatasetStats, sample_stats
 
 INDEX_FILE = "index.json"  # marks a prepared dataset (alexnet.data.prepared)
 STATS_FILE = "stats.safetensors"  # where `alexnet data stats` stores a folder dataset's statistics
@@ -182,15 +182,7 @@ class FolderDataset(Dataset):
         self._stats = value
 
     def compute_stats(self, max_images: int | None = None, batch: int = 64) -> DatasetStats:
-        n = len(self)
-        if n == 0:
-            return DatasetStats.imagenet_fallback()
-        m = n if max_images is None else min(n, max_images)
-        idx = [int(i * n / m) for i in range(m)]
-        acc = StatsAccumulator()
-        for s in range(0, m, batch):
-            acc.update(self.get_batch(idx[s : s + batch])[0])
-        return acc.finish()
+        return sample_stats(self, max_images, batch)
 
     def __repr__(self) -> str:
         return (

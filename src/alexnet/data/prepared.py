@@ -54,7 +54,7 @@ from alexnet.data.folder import (
     open_dataset,
     save_stats_file,
 )
-from alexnet.data.stats import DatasetStats, StatsAccumulator
+from alexnet.data.stats import DatasetStats, StatsAccumulator, sample_stats
 
 FORMAT = "alexnet-prepared"
 VERSION = 1
@@ -599,15 +599,7 @@ class PreparedDataset(Dataset):
         self._stats = value
 
     def compute_stats(self, max_images: int | None = None, batch: int = 256) -> DatasetStats:
-        n = len(self)
-        if n == 0:
-            return DatasetStats.imagenet_fallback()
-        m = n if max_images is None else min(n, max_images)
-        idx = [int(i * n / m) for i in range(m)]
-        acc = StatsAccumulator()
-        for k in range(0, m, batch):
-            acc.update(self.get_batch(idx[k : k + batch])[0])
-        return acc.finish()
+        return sample_stats(self, max_images, batch)
 
     def __repr__(self) -> str:
         return (

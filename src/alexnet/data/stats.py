@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -126,6 +127,17 @@ class StatsAccumulator:
             mean_image=(self.sum_image / self.count).float(),
             count=self.count,
         )
+
+
+def sample_stats(dataset: Any, max_images: int | None = None, batch: int = 64) -> DatasetStats:
+    """Statistics of ``max_images`` evenly spaced items (all by default) of a dataset with a
+    ``get_batch(indices) -> (uint8 [B,3,S,S], labels)`` method; ImageNet's for an empty one."""
+    n = len(dataset)
+    if n == 0:
+        return DatasetStats.imagenet_fallback()
+    m = n if max_images is None else min(n, max_images)
+    idx = [int(i * n / m) for i in range(m)]
+    return compute_stats(dataset.get_batch(idx[k : k + batch])[0] for k in range(0, m, batch))
 
 
 def compute_stats(batches: Iterable[Tensor]) -> DatasetStats:
