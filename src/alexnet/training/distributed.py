@@ -9,7 +9,9 @@ the run is a single process and every collective below is a no-op.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -55,8 +57,48 @@ def setup(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        store = _round_store(info) if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
+        kwargs = {"store": store, "rank": info.rank, "world_size": info.world_size} if store is not None else {}
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None, **kwargs)
     return info
+
+
+_ROUND_KEY = "alexnet/round_store"
+
+
+def _round_store(info: DistInfo, timeout: timedelta = timedelta(minutes=10)) -> dist.Store:
+    """A fresh, empty key-value store for this round of workers.
+
+    Under torchrun the workers share the agent's TCPStore, and torchrun (through 2.13 at
+    least) keeps that store across ``--max-restarts`` rounds without a per-round namespace:
+    a restarted worker can read the previous round's Gloo/NCCL addresses, which fails with
+    "Connection refused" or hangs in ``init_process_group`` (pytorch/pytorch#135712).
+    ``TORCHELASTIC_RESTART_COUNT`` cannot serve as the namespace, because with several nodes
+    it differs between nodes. So rank 0 hosts a new store on a free port each round and
+    publishes its address in the agent's store; the other ranks take the address and
+    connect. A stale address points to the previous round's rank 0, which torchrun has
+    stopped, so the connection is refused and the rank reads the key again until rank 0
+    of this round has overwritten it.
+    """
+    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    agent = dist.TCPStore(host, int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    if info.rank == 0:
+        store = dist.TCPStore(host, 0, info.world_size, is_master=True, timeout=timeout, wait_for_workers=False)
+        agent.set(_ROUND_KEY, f"{host}:{store.port}")
+        return store
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        address = agent.get(_ROUND_KEY).decode()  # waits (up to `timeout`) for rank 0's first round
+        addr, _, port = address.rpartition(":")
+        try:
+            store = dist.TCPStore(addr, int(port), is_master=False, timeout=timedelta(seconds=2))
+        except (RuntimeError, ValueError):  # DistNetworkError derives from RuntimeError
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank {info.rank}: rank 0's store at {address} cannot be reached") from None
+            time.sleep(0.1)
+            continue
+        store.set_timeout(timeout)
+        return store
 
 
 def cleanup() -> None:
@@ -83,6 +125,15 @@ def any_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every process's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_object(obj: object) -> object:

@@ -449,7 +449,9 @@ class Trainer:
         if self.split:
             self.model.place()
 
-    def train_state(self) -> dict[str, Any]:
+    def train_state(self, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
+        """Where training stands. ``rng_ranks`` holds every process's random streams (each rank
+        augments and drops out with its own), so a resumed DDP run continues each one exactly."""
         return {
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -459,12 +461,14 @@ class Trainer:
             "best_top1": -1.0 if self.best_top1 is None else float(self.best_top1),
             "last_val": dict(self.last_val),
             "train_time": float(self.train_time),
-            "rng": rng_state(self.aug_gen),
+            "rng": rng_state(self.aug_gen),  # this rank's (rank 0's in a file); kept for older readers
+            "rng_ranks": rng_ranks if rng_ranks is not None else [rng_state(self.aug_gen)],
             "seed": self.cfg.seed,
         }
 
     def save(self, best: bool = False) -> None:
         """Write ``last.pt`` (and ``best.pt``) from rank 0; every rank waits for it."""
+        rng_ranks = D.all_gather_object(rng_state(self.aug_gen))
         if self.is_main:
             try:
                 save_checkpoint(
@@ -473,10 +477,12 @@ class Trainer:
                     self.meta,
                     optimizer=self.optimizer.state_dict(),
                     scheduler=self.schedule.state_dict(),
-                    train_state=self.train_state(),
+                    train_state=self.train_state(rng_ranks),
                 )
                 if best:
-                    save_checkpoint(self.best_path, self.model_state(), self.meta, train_state=self.train_state())
+                    save_checkpoint(
+                        self.best_path, self.model_state(), self.meta, train_state=self.train_state(rng_ranks)
+                    )
             except OSError as exc:
                 kept = (
                     f"the previous checkpoint {self.last_path} (step {self.last_saved_step}) is intact"
@@ -522,7 +528,9 @@ class Trainer:
         self.last_val = {k: float(v) for k, v in ts.get("last_val", {}).items()}
         self.train_time = float(ts.get("train_time", 0.0))
         if int(ts.get("world_size", 1)) == self.dist.world_size:
-            set_rng_state(ts["rng"], self.aug_gen)
+            ranks = ts.get("rng_ranks")
+            mine = ranks[self.dist.rank] if isinstance(ranks, list) and len(ranks) == self.dist.world_size else None
+            set_rng_state(mine if mine is not None else ts["rng"], self.aug_gen)
         elif self.is_main:
             print("note: world size changed since the checkpoint; random streams restart", file=sys.stderr)
         self.last_saved_step = self.step
