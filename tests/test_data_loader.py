@@ -95,3 +95,27 @@ def test_bad_arguments():
         ResumableBatchSampler(10, 0)
     with pytest.raises(ValueError):
         ResumableBatchSampler(10, 2, rank=2, world_size=2)
+
+
+class Flaky(Toy):
+    """Items 3 and 7 fail to decode: recorded in ``bad_files`` of whichever process hit them."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.bad_files: list[tuple[str, str]] = []
+
+    def __getitem__(self, i: int):
+        if i in (3, 7) and (f"img{i}", "truncated") not in self.bad_files:
+            self.bad_files.append((f"img{i}", "truncated"))
+        return super().__getitem__(i)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_files_found_in_workers_reach_the_main_process(workers):
+    ds = Flaky(24)
+    loader = make_loader(ds, 4, seed=0, num_workers=workers)
+    for epoch in range(2):  # persistent workers: the second epoch finds nothing new
+        loader.set_epoch(epoch)
+        assert sum(len(y) for _, y in loader) == 24
+    assert sorted(ds.bad_files) == [("img3", "truncated"), ("img7", "truncated")]

@@ -122,7 +122,8 @@ def test_training_through_a_folder_salted_with_bad_files(tmp_path: Path, figure)
     config = from_dict({
         "out": str(tmp_path / "run"), "data": str(root), "model": "alexnet_small",
         "model_options": {"width": 0.125, "fc_dim": 64}, "crop": 16, "epochs": 2, "batch_size": 8,
-        "lr": 0.05, "schedule": "cosine", "num_workers": 0, "progress": False, "tensorboard": False,
+        # 2 worker processes: files that fail while decoding there are still listed
+        "lr": 0.05, "schedule": "cosine", "num_workers": 2, "progress": False, "tensorboard": False,
     })
     result = train(config)
     assert result.status == "completed" and result.epochs == 2

@@ -16,9 +16,10 @@ Bad files. Every item is ``(uint8 [3, S, S], label)``. At index time each file's
 is probed (cheap: no pixel decode), which catches empty files, non-images and
 decompression bombs; they are left out and listed in ``.bad_files``. Damage that only
 shows when decoding (truncated or corrupt pixel data) is found in ``__getitem__``: the
-file is recorded in ``.bad_files`` of that process (with a warning, since DataLoader
-workers are separate processes) and the next good item is returned *with its own label*,
-so a bad file can cost a duplicate but never a wrong label. ``validate="full"`` decodes
+file is recorded in ``.bad_files`` and the next good item is returned *with its own label*,
+so a bad file can cost a duplicate but never a wrong label. In a DataLoader worker the
+record is made in the worker's copy; the loader of :mod:`alexnet.data.loader` carries it
+back to the dataset in the main process with the batch. ``validate="full"`` decodes
 everything up front instead, and ``alexnet data prepare`` does that once for good.
 """
 

@@ -90,7 +90,12 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 class _Batches(Dataset):
-    """Wraps a dataset so that ``dataset[list_of_indices]`` is a whole collated batch."""
+    """Wraps a dataset so that ``dataset[list_of_indices]`` is a whole collated batch.
+
+    Each batch also carries the bad files the dataset recorded while building it: in a
+    worker process that record lives in the worker's copy of the dataset, and this is how
+    it reaches the dataset in the trainer (:meth:`BatchLoader.__iter__`).
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -98,12 +103,16 @@ class _Batches(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, list[tuple[str, str]]]:
+        bad = getattr(self.dataset, "bad_files", None)
+        known = len(bad) if isinstance(bad, list) else 0
         get_batch = getattr(self.dataset, "get_batch", None)
         if get_batch is not None:
-            return get_batch(indices)
-        items = [self.dataset[i] for i in indices]
-        return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+            x, y = get_batch(indices)
+        else:
+            items = [self.dataset[i] for i in indices]
+            x, y = torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+        return x, y, [tuple(e) for e in bad[known:]] if isinstance(bad, list) else []
 
 
 class BatchLoader(DataLoader):
@@ -117,6 +126,20 @@ class BatchLoader(DataLoader):
     @property
     def batches_per_epoch(self) -> int:
         return self.batch_sampler_.batches_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:  # type: ignore[override]
+        """``(x, y)`` batches; bad files found while building them (in whichever process)
+        are added to this process's ``dataset.bad_files``, once each."""
+        # Not a generator itself: the DataLoader iterator (which draws its base seed from the
+        # global RNG) is made here, when ``iter()`` is called, not at the first ``next()``.
+        return self._collect(super().__iter__(), getattr(self.dataset.dataset, "bad_files", None))  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _collect(batches: Iterator, sink: object) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y, bad in batches:
+            if bad and isinstance(sink, list):
+                sink.extend(e for e in map(tuple, bad) if e not in sink)
+            yield x, y
 
 
 class ThreadBatchLoader:
