@@ -394,6 +394,8 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.train_time = 0.0  # seconds spent training, summed over resumed segments
         self.last_saved_step: int | None = None
+        # This process's sums over the epoch in progress: loss x images, top-1 hits, top-5 hits, images.
+        self.epoch_sums: list[float] = [0.0, 0.0, 0.0, 0]
         self._planned_epochs = cfg.epochs
         self.last_train_loss: float | None = None
 
@@ -449,9 +451,10 @@ class Trainer:
         if self.split:
             self.model.place()
 
-    def train_state(self, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
-        """Where training stands. ``rng_ranks`` holds every process's random streams (each rank
-        augments and drops out with its own), so a resumed DDP run continues each one exactly."""
+    def train_state(self, ranks: list[Any] | None = None) -> dict[str, Any]:
+        """Where training stands. ``ranks`` holds what each process has of its own: its random
+        streams (each rank augments and drops out with its own) and the running sums of the
+        epoch in progress, so a resumed DDP run continues each one exactly."""
         return {
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -462,13 +465,17 @@ class Trainer:
             "last_val": dict(self.last_val),
             "train_time": float(self.train_time),
             "rng": rng_state(self.aug_gen),  # this rank's (rank 0's in a file); kept for older readers
-            "rng_ranks": rng_ranks if rng_ranks is not None else [rng_state(self.aug_gen)],
+            "ranks": ranks if ranks is not None else [self._rank_state()],
             "seed": self.cfg.seed,
         }
 
+    def _rank_state(self) -> dict[str, Any]:
+        in_epoch = self.batch_in_epoch > 0
+        return {"rng": rng_state(self.aug_gen), "epoch_sums": self.epoch_sums if in_epoch else [0.0, 0.0, 0.0, 0]}
+
     def save(self, best: bool = False) -> None:
         """Write ``last.pt`` (and ``best.pt``) from rank 0; every rank waits for it."""
-        rng_ranks = D.all_gather_object(rng_state(self.aug_gen))
+        ranks = D.all_gather_object(self._rank_state())
         if self.is_main:
             try:
                 save_checkpoint(
@@ -477,11 +484,11 @@ class Trainer:
                     self.meta,
                     optimizer=self.optimizer.state_dict(),
                     scheduler=self.schedule.state_dict(),
-                    train_state=self.train_state(rng_ranks),
+                    train_state=self.train_state(ranks),
                 )
                 if best:
                     save_checkpoint(
-                        self.best_path, self.model_state(), self.meta, train_state=self.train_state(rng_ranks)
+                        self.best_path, self.model_state(), self.meta, train_state=self.train_state(ranks)
                     )
             except OSError as exc:
                 kept = (
@@ -528,9 +535,11 @@ class Trainer:
         self.last_val = {k: float(v) for k, v in ts.get("last_val", {}).items()}
         self.train_time = float(ts.get("train_time", 0.0))
         if int(ts.get("world_size", 1)) == self.dist.world_size:
-            ranks = ts.get("rng_ranks")
+            ranks = ts.get("ranks")
             mine = ranks[self.dist.rank] if isinstance(ranks, list) and len(ranks) == self.dist.world_size else None
-            set_rng_state(mine if mine is not None else ts["rng"], self.aug_gen)
+            set_rng_state(mine["rng"] if mine is not None else ts["rng"], self.aug_gen)
+            if mine is not None and self.batch_in_epoch > 0:
+                self.epoch_sums = [float(v) for v in mine["epoch_sums"]]
         elif self.is_main:
             print("note: world size changed since the checkpoint; random streams restart", file=sys.stderr)
         self.last_saved_step = self.step
@@ -641,7 +650,10 @@ class Trainer:
             total = self.steps_per_epoch
             batches = self.train_batches.epoch(self.epoch, self.batch_in_epoch)
             loss_sum, correct1, correct5, seen = zero.clone(), zero.clone(), zero.clone(), 0
-            epoch_loss, epoch_c1, epoch_c5, epoch_seen = zero.clone(), zero.clone(), zero.clone(), 0
+            # The epoch's running sums; a run resumed mid-epoch starts from the checkpoint's.
+            loss0, c1_0, c5_0, seen0 = self.epoch_sums if self.batch_in_epoch > 0 else (0.0, 0.0, 0.0, 0)
+            epoch_loss, epoch_c1, epoch_c5 = zero + loss0, zero + c1_0, zero + c5_0
+            epoch_seen = int(seen0)
             t_log, n_log = time.perf_counter(), 0
             k = min(5, len(self.classes))
             bar = self._progress(batches)
@@ -727,6 +739,7 @@ class Trainer:
                     if want_ckpt and self.batch_in_epoch < total:
                         self._check_finite(epoch_loss, log)
                         self.train_time = time0 + time.perf_counter() - t_start
+                        self.epoch_sums = [epoch_loss.item(), epoch_c1.item(), epoch_c5.item(), epoch_seen]
                         self.save()
                         last_ckpt_time = time.perf_counter()
             if bar is not batches:
@@ -734,6 +747,7 @@ class Trainer:
             self.train_time = time0 + time.perf_counter() - t_start
             if status == "interrupted":
                 self._check_finite(epoch_loss, log)
+                self.epoch_sums = [epoch_loss.item(), epoch_c1.item(), epoch_c5.item(), epoch_seen]
                 self.save()
                 if self.is_main:
                     print(f"stopped by signal at epoch {self.epoch} step {self.step}; checkpoint {self.last_path}")
