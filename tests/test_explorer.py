@@ -122,7 +122,13 @@ def test_info_gallery_and_page(client: TestClient) -> None:
     assert "default-src 'self'" in page.headers["content-security-policy"]
     for asset in ("/static/app.js", "/static/style.css"):
         assert client.get(asset).status_code == 200
-    assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+    spec = client.get("/openapi.json").json()
+    assert "/api/predict" in spec["paths"]
+    docs = client.get("/docs")  # rendered here, nothing fetched from a CDN
+    assert docs.status_code == 200 and "<script" not in docs.text and "//cdn" not in docs.text
+    for path, ops in spec["paths"].items():
+        assert path in docs.text and all(m.upper() in docs.text for m in ops)
+    assert client.get("/redoc").status_code == 404
 
 
 def test_analysis_matches_the_model(client: TestClient, assets: tuple[Path, Path]) -> None:

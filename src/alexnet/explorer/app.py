@@ -2,8 +2,9 @@
 plus the static page that tells the story with it.
 
 ``create_app(checkpoint, data)`` builds the app; ``serve(...)`` runs it with uvicorn on
-127.0.0.1 unless told otherwise. The OpenAPI page (``/docs``, ``/openapi.json``) documents
-every endpoint.
+127.0.0.1 unless told otherwise. ``/openapi.json`` describes every endpoint and ``/docs``
+renders it as one self-contained page (FastAPI's Swagger page loads its code from a CDN,
+which a machine offline cannot reach).
 
 Every request is untrusted. Bodies of POST requests are read by :class:`UploadGate`
 before the framework sees them: at most ``max_concurrent_uploads`` at a time, each
@@ -15,6 +16,7 @@ reach a file outside the dataset.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 from pathlib import Path
@@ -24,7 +26,7 @@ import anyio.to_thread
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -180,6 +182,8 @@ def create_app(
         "`{\"detail\": ...}` with a 4xx status.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.engine = eng
     app.add_middleware(UploadGate, max_bytes=eng.max_upload_bytes + 64 * 1024, max_concurrent=max_concurrent_uploads)
@@ -200,6 +204,10 @@ def create_app(
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(api_page(app.openapi()), headers=PAGE_HEADERS)
 
     # ---------------------------------------------------------------- helpers
 
@@ -287,6 +295,39 @@ def create_app(
         return await run_in_threadpool(eng.kernels)
 
     return app
+
+
+def api_page(spec: dict[str, Any]) -> str:
+    """The OpenAPI description as a plain HTML page: each endpoint with its parameters,
+    request body and responses. Server-rendered, no script, nothing fetched from elsewhere."""
+    esc = html.escape
+    info = spec.get("info", {})
+    parts = [
+        "<!doctype html><html lang=en><meta charset=utf-8>",
+        f"<title>{esc(info.get('title', 'API'))}: API</title>",
+        "<link rel=stylesheet href=/static/api.css>",
+        f"<h1>{esc(info.get('title', 'API'))}</h1><p>{esc(info.get('summary', ''))}</p>",
+        f"<p>{esc(info.get('description', ''))}</p><p>Machine-readable: <a href=/openapi.json>/openapi.json</a></p>",
+    ]
+    for path, ops in spec.get("paths", {}).items():
+        for method, op in ops.items():
+            parts.append(f"<div class=ep><span class=m>{esc(method.upper())}</span> <span class=path>{esc(path)}</span>")
+            parts.append(f"<div>{esc(op.get('summary', ''))}</div>")
+            params = op.get("parameters", [])
+            if params:
+                rows = "".join(
+                    f"<tr><td><code>{esc(p['name'])}</code></td><td>{esc(p.get('in', ''))}</td>"
+                    f"<td>{'required' if p.get('required') else 'optional'}</td>"
+                    f"<td>{esc(p.get('description', '') or p.get('schema', {}).get('description', ''))}</td></tr>"
+                    for p in params
+                )
+                parts.append(f"<table>{rows}</table>")
+            body = op.get("requestBody", {}).get("content", {})
+            if body:
+                parts.append(f"<div>body: {esc(', '.join(body))}</div>")
+            codes = ", ".join(f"{esc(c)} {esc(r.get('description', ''))}" for c, r in op.get("responses", {}).items())
+            parts.append(f"<div>responses: {codes}</div></div>")
+    return "".join(parts)
 
 
 def serve(
