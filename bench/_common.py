@@ -82,6 +82,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_first(step: Callable[[], object], device: torch.device) -> float:
+    """Seconds of the first call (compilation with torch.compile, allocator warm-up)."""
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def time_steps(step: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
     """Seconds per call of ``step`` after ``warmup`` untimed calls (device-synchronised)."""
     for _ in range(warmup):

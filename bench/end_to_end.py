@@ -45,6 +45,7 @@ from _common import (
     maybe_autocast,
     resolve_device,
     synchronize,
+    time_first,
     time_steps,
 )
 
@@ -164,10 +165,7 @@ def run_option(args: argparse.Namespace, ds, decode: str, device: torch.device) 
     step = fast_step(args, len(ds.classes), ds.stats, device)
     it = batches(loader)
     x0, y0 = fetch(next(it))
-    t = time.perf_counter()
-    step(x0, y0)  # compiles
-    synchronize(device)
-    first = time.perf_counter() - t
+    first = time_first(lambda: step(x0, y0), device)  # compiles
     compute_s = time_steps(lambda: step(x0, y0), args.steps, args.warmup, device)
 
     for _ in range(args.warmup):

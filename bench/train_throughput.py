@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from _common import (
     make_sgd,
     maybe_autocast,
     resolve_device,
-    synchronize,
+    time_first,
     time_steps,
 )
 
@@ -129,10 +128,7 @@ def measure(args: argparse.Namespace, path: str, batch_size: int, device: torch.
         loss.backward()
         opt.step()
 
-    start = time.perf_counter()
-    step()  # the first call compiles (fast path) and warms allocators
-    synchronize(device)
-    first = time.perf_counter() - start
+    first = time_first(step, device)  # compiles (fast path) and warms allocators
     seconds = time_steps(step, args.steps, args.warmup, device)
     ips = batch_size / seconds
     result = Result(path, batch_size, ips, 3 * flops * ips / 1e12, seconds * 1e3, first)
