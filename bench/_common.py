@@ -49,14 +49,11 @@ def describe_hardware(device: torch.device) -> str:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is worth using: CUDA with native bf16, or a CPU with AVX512-BF16/AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        with contextlib.suppress(OSError):
-            flags = Path("/proc/cpuinfo").read_text()
-            return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
+    """Whether bf16 autocast is worth using here: the training engine's own rule
+    (``amp: auto``), so a benchmark measures what training does."""
+    from alexnet.training.trainer import native_bf16
+
+    return native_bf16(device)
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> int:

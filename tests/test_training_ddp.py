@@ -20,8 +20,10 @@ from alexnet.training.commands import config_from_args
 
 def _no_randomness(*extra: str) -> list[str]:
     """Dropout, augmentation and batch norm are per-process by nature; switch them off so the
-    comparison isolates what DDP must get right: gradients averaged over the global batch."""
+    comparison isolates what DDP must get right: gradients averaged over the global batch.
+    fp32 (no bf16 autocast), so that the two ways of summing agree to float tolerance."""
     return [
+        "--amp", "none",
         "--set", "model_options={width: 0.125, fc_dim: 128, norm: lrn, dropout: 0.0}",
         "--set", "lighting=0", "--set", "flip=false", "--set", "random_crop=false",
         "--crop", "16", "--epochs", "2", "--lr", "0.02", "--schedule", "cosine", *extra,

@@ -287,7 +287,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--amp", default=None, choices=("auto", "bf16", "none"), help="autocast (auto: bf16 on CUDA)")
+    p.add_argument(
+        "--amp", default=None, choices=("auto", "bf16", "none"), help="autocast (auto: bf16 where the hardware has it natively)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")

@@ -70,7 +70,7 @@ class TrainConfig:
     onecycle_final_div: float = 1e4  # end lr = lr / onecycle_final_div
     # hardware and speed
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    amp: str = "auto"  # "auto": bf16 autocast on CUDA, none on CPU
+    amp: str = "auto"  # "auto": bf16 autocast where the hardware has native bf16 (recent GPUs, AVX512-BF16/AMX CPUs)
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool = False
     split_devices: list[str] | None = None  # the paper's two-device model split, e.g. ["cuda:0", "cuda:1"]

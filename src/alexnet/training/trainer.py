@@ -6,17 +6,18 @@ directory (see ``docs/architecture.md``)::
     RUN/config.json  checkpoints/last.pt  checkpoints/best.pt  model.safetensors
     RUN/metrics.jsonl  tb/  summary.json
 
-Speed. On CUDA: bf16 autocast (fp32 master weights: the parameters and the optimiser stay
-fp32), channels_last, optional ``torch.compile``, pinned host memory with non-blocking
+Speed. bf16 autocast wherever the hardware has native bf16, GPU or CPU (fp32 master
+weights: the parameters and the optimiser stay fp32); on CUDA also channels_last, optional ``torch.compile``, pinned host memory with non-blocking
 copies, augmentation on the device. The loss and accuracy are accumulated on the device and
 read back only every ``log_every`` steps, so a step never waits for the GPU otherwise.
 
 Exact resumption. A checkpoint is taken between two optimiser steps and holds the model,
-the optimiser (momentum buffers), the schedule, every RNG (torch CPU and CUDA, Python,
-NumPy and the augmentation generator), the epoch and the index of the next batch. The batch
-order of an epoch depends only on (seed, epoch), so a resumed run skips the batches already
-done and continues with bit-identical state: in deterministic mode its final weights equal
-those of a run that was never interrupted.
+the optimiser (momentum buffers), the schedule, every rank's RNGs (torch CPU and CUDA,
+Python, NumPy and the augmentation generator) and running sums of the epoch in progress,
+the epoch and the index of the next batch. The batch order of an epoch depends only on
+(seed, epoch), so a resumed run skips the batches already done and continues with
+bit-identical state: in deterministic mode its final weights equal those of a run that
+was never interrupted.
 
 Faults. SIGTERM (and SIGINT) ask for a checkpoint at the next step boundary and a clean
 exit. A NaN or infinite loss stops the run with :class:`TrainingError` before anything
@@ -104,6 +105,19 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the hardware computes in bf16 natively, so autocast to it is a speed-up:
+    a CUDA GPU with bf16 (Ampere and later), or a CPU with AVX512-BF16 or AMX. Elsewhere
+    bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -355,7 +369,7 @@ class Trainer:
         if self.channels_last and not self.split:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the plain module: state dicts, evaluation
-        self.amp_dtype = torch.bfloat16 if (cfg.amp == "bf16" or (cfg.amp == "auto" and on_cuda)) else None
+        self.amp_dtype = torch.bfloat16 if (cfg.amp == "bf16" or (cfg.amp == "auto" and native_bf16(self.device))) else None
         net: nn.Module = model
         if self.dist.enabled:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if on_cuda else None)
