@@ -226,3 +226,41 @@ def test_16bit_rgb_png_is_rescaled(tmp_path):
     p = tmp_path / "rgb16.png"
     p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     np.testing.assert_array_equal(read_image(p), [[[0, 128, 255], [255, 0, 10]]])
+
+
+def _with_orientation(pixels: np.ndarray, orientation: int, fmt: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pil_when_asked(orientation: int, fmt: str) -> None:
+    from PIL import ImageOps
+
+    pixels = np.zeros((30, 50, 3), np.uint8)
+    pixels[:10, :20] = 255  # a corner marker: every orientation moves it somewhere else
+    pixels[20:, 40:, 0] = 200
+    data = _with_orientation(pixels, orientation, fmt)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert np.array_equal(decode_image(data, orient=True), upright)
+    stored = decode_image(data)  # datasets: as stored, like the ILSVRC pipelines
+    assert stored.shape == (30, 50, 3)
+    if orientation != 1:
+        assert not np.array_equal(stored, upright)
+
+
+def test_damaged_exif_keeps_the_stored_pixels() -> None:
+    from alexnet.data.decode import exif_orientation
+
+    pixels = np.full((8, 12, 3), 90, np.uint8)
+    data = _with_orientation(pixels, 6, "JPEG")
+    assert exif_orientation(data) == 6
+    broken = data.replace(b"Exif\x00\x00", b"Exif\x00\x00\xff\xff\xff\xff", 1)
+    assert exif_orientation(broken) in (1, 6)  # never an exception
+    assert exif_orientation(b"not an image") == 1
+    bad_tag = _with_orientation(pixels, 42, "JPEG")  # out of range: ignored
+    assert decode_image(bad_tag, orient=True).shape == (8, 12, 3)

@@ -132,6 +132,25 @@ def test_predict_images_and_per_file_errors(loaded, tiny_run: TinyRun, tmp_path:
     assert "not_an_image" in out[1]["error"] and "missing.png" in out[2]["error"]
 
 
+def test_predict_turns_a_phone_photo_upright(tmp_path: Path) -> None:
+    """A file stored sideways with EXIF orientation 6 is loaded as the upright picture."""
+    import numpy as np
+    from PIL import Image
+
+    from alexnet.evaluation import load_image
+
+    upright = np.zeros((40, 40, 3), np.uint8)
+    upright[:8] = 255  # a white band at the top of the picture as seen
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # the camera kept it sideways...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ...and says: rotate 90 degrees clockwise to view
+    path = tmp_path / "phone.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    loaded = load_image(path, 40)
+    assert torch.equal(loaded, torch.from_numpy(upright).permute(2, 0, 1))
+    assert torch.equal(load_image(path.read_bytes(), 40), loaded)  # uploads too
+
+
 def test_result_json_and_table(loaded) -> None:
     model, meta, val = loaded
     result = evaluate((model, meta), val, device="cpu", names=["m.pt"])

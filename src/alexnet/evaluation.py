@@ -330,7 +330,8 @@ class ImageLoadError(ValueError):
 
 
 def load_image(source: str | Path | bytes, size: int) -> Tensor:
-    """Decode one image to uint8 ``[3, size, size]`` (shorter side to ``size``, central square).
+    """Decode one image to uint8 ``[3, size, size]`` (shorter side to ``size``, central square),
+    upright as its EXIF orientation says (a single photo is judged as it is seen).
 
     Raises :class:`ImageLoadError` with the reason for anything that is not a usable image.
     """
@@ -340,9 +341,9 @@ def load_image(source: str | Path | bytes, size: int) -> Tensor:
 
     try:
         if isinstance(source, bytes):
-            array = decode_image(source, min_side=size)
+            array = decode_image(source, min_side=size, orient=True)
         else:
-            array = read_image(source, min_side=size)
+            array = read_image(source, min_side=size, orient=True)
     except DecodeError as exc:
         name = "uploaded image" if isinstance(source, bytes) else str(source)
         raise ImageLoadError(f"{name}: {exc}") from None

@@ -12,7 +12,10 @@ DCT-domain downscaling when only a small result is needed; anything simplejpeg
 rejects (CMYK, arithmetic coding, corrupt data) is retried with PIL, which then
 decides. The format is sniffed from the bytes, never from the file name.
 
-EXIF orientation is ignored, as in the ILSVRC pipelines the paper's numbers come from.
+EXIF orientation is ignored by default, as in the ILSVRC pipelines the paper's numbers
+come from (datasets, ``data prepare``). ``orient=True`` applies it: the single photos a
+person hands over (explorer uploads, ``alexnet predict``) are shown and classified the way
+they look on the phone that took them.
 """
 
 from __future__ import annotations
@@ -154,25 +157,59 @@ def _decode_pil(data: bytes, max_pixels: int, draft_side: int = 0) -> np.ndarray
 
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = 0) -> np.ndarray:
+_EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8) of encoded image bytes; 1 (as stored) when absent or
+    unreadable. Reads the header only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = Image.open(io.BytesIO(data)).getexif().get(_EXIF_ORIENTATION, 1)
+        return int(value) if 1 <= int(value) <= 8 else 1
+    except Exception:  # any damage in the metadata: keep the pixels as stored
+        return 1
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``[H, W, C]`` as it is meant to be seen, for EXIF orientation 1-8 (the same
+    transposes as PIL's ``ImageOps.exif_transpose``)."""
+    a = image
+    if orientation in (5, 6, 7, 8):  # stored sideways: swap the axes first
+        a = a.transpose(1, 0, 2)
+    flips = {2: (False, True), 3: (True, True), 4: (True, False), 6: (False, True), 7: (True, True), 8: (True, False)}
+    rows, cols = flips.get(orientation, (False, False))
+    if rows:
+        a = a[::-1]
+    if cols:
+        a = a[:, ::-1]
+    return np.ascontiguousarray(a)
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = 0, orient: bool = False
+) -> np.ndarray:
     """Decode image bytes to uint8 RGB ``[H, W, 3]``, or raise :class:`DecodeError`.
 
     ``min_side`` > 0 allows a JPEG to be decoded downscaled (by 1/2, 1/4, 1/8) as long as
     its shorter side stays >= ``min_side``: much faster when only a small image is needed.
+    ``orient`` applies the EXIF orientation.
     """
     if not data:
         raise DecodeError("empty", "zero-byte file")
-    if data[:3] == _JPEG_MAGIC:
-        out = _decode_jpeg_fast(data, min_side, max_pixels)
-        if out is not None:
-            return out
-    return _decode_pil(data, max_pixels, draft_side=min_side)
+    out = _decode_jpeg_fast(data, min_side, max_pixels) if data[:3] == _JPEG_MAGIC else None
+    if out is None:
+        out = _decode_pil(data, max_pixels, draft_side=min_side)
+    return apply_orientation(out, exif_orientation(data)) if orient else out
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, min_side: int = 0) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, min_side: int = 0, orient: bool = False
+) -> np.ndarray:
     """Read and decode a file to uint8 RGB ``[H, W, 3]``; :class:`DecodeError` carries the path."""
     try:
-        return decode_image(read_bytes(path), max_pixels=max_pixels, min_side=min_side)
+        return decode_image(read_bytes(path), max_pixels=max_pixels, min_side=min_side, orient=orient)
     except DecodeError as exc:
         raise exc.with_path(path) from None
 

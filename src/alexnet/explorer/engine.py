@@ -394,12 +394,13 @@ class Engine:
 
         The format is sniffed from the bytes; pixels are counted from the header before any
         decoding, and JPEGs are decoded straight at reduced size (DCT scaling) when large.
+        A phone photo is turned upright by its EXIF orientation.
         """
         self.check_upload(data, content_type)
         s = self.meta.image_size
         with self._decode_slots:
             try:
-                arr = decode_image(data, max_pixels=self.max_upload_pixels, min_side=s)
+                arr = decode_image(data, max_pixels=self.max_upload_pixels, min_side=s, orient=True)
             except DecodeError as exc:
                 status = 413 if exc.reason == "too_large" else 422
                 what = {
