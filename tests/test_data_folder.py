@@ -136,6 +136,53 @@ def test_ilsvrc_val_devkit_ids(tmp_path):
     assert all(_dominant(ds[i][0]) == ds[i][1] for i in range(len(ds)))
 
 
+def _meta_mat(path: Path, rows: list[tuple[int, str, str, int]]) -> None:
+    """A meta.mat shaped like the ILSVRC2012 devkit's: a struct array ``synsets`` with the
+    leaf synsets (num_children 0) and inner nodes of the hierarchy."""
+    import numpy as np
+    from scipy.io import savemat
+
+    fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
+    synsets = np.array([tuple(r) for r in rows], dtype=fields).reshape(-1, 1)  # 1860x1 in the devkit
+    savemat(str(path), {"synsets": synsets})
+
+
+def test_ilsvrc_val_devkit_meta_mat(tmp_path):
+    """The original 2012 devkit has no map_clsloc.txt: its ids come from data/meta.mat."""
+    pytest.importorskip("scipy")
+    root = tmp_path / "ilsvrc"
+    labels = ["n01484850", "n01440764", "n01443537", "n01440764"]
+    _flat_val(root, labels)
+    devkit = root / "ILSVRC2012_devkit_t12" / "data"
+    devkit.mkdir(parents=True)
+    _meta_mat(devkit / "meta.mat", [
+        (1, "n01440764", "tench, Tinca tinca", 0),
+        (2, "n01443537", "goldfish, Carassius auratus", 0),
+        (3, "n01484850", "great white shark", 0),
+        (1001, "n00001740", "entity", 3),  # an inner node: not a class
+    ])
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("3\n1\n2\n1\n")
+    ds = open_dataset(root, "val", image_size=16)
+    assert len(ds.classes) == 1000
+    assert [ds.classes[y] for _, y in ds.samples] == labels
+
+
+@pytest.mark.reliability
+def test_ilsvrc_val_damaged_meta_mat_is_named(tmp_path):
+    pytest.importorskip("scipy")
+    root = tmp_path / "ilsvrc"
+    _flat_val(root, ["n01440764"])
+    (root / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n")
+    (root / "meta.mat").write_bytes(b"MATLAB 5.0 MAT-file" + bytes(200))
+    with pytest.raises(DatasetError, match=r"meta\.mat"):
+        open_dataset(root, "val")
+    import scipy.io
+
+    scipy.io.savemat(str(root / "meta.mat"), {"something_else": [1, 2]})  # a MAT file, not the devkit's
+    with pytest.raises(DatasetError, match="not the ILSVRC2012 devkit"):
+        open_dataset(root, "val")
+
+
 def test_ilsvrc_val_without_id_table_is_a_clear_error(tmp_path):
     root = tmp_path / "ilsvrc"
     _flat_val(root, ["n01440764"])

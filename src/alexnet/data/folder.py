@@ -8,8 +8,9 @@ Layouts recognised by :func:`open_dataset`:
 * the official ILSVRC validation layout: ``ROOT/val/*.JPEG`` flat, with either
   ``LOC_val_solution.csv`` (Kaggle / ILSVRC 2015 format) or the devkit's
   ``ILSVRC2012_validation_ground_truth.txt`` (1-based ILSVRC ids, one line per image in
-  file-name order) plus the id-to-synset table (``map_clsloc.txt``, or ``meta.mat`` when
-  scipy is installed) somewhere under ``ROOT``;
+  file-name order) plus the id-to-synset table (``map_clsloc.txt``, or the 2012
+  devkit's ``meta.mat``, read with scipy: ``pip install 'alexnet[imagenet]'``) somewhere
+  under ``ROOT``;
 * a plain class-folder directory ``ROOT/<class>/*``: its only split, ``"train"`` (or ``None``).
 
 Bad files. Every item is ``(uint8 [3, S, S], label)``. At index time each file's header
@@ -241,9 +242,14 @@ def _ilsvrc_id_to_synset(path: Path) -> dict[int, str]:
         try:
             from scipy.io import loadmat  # optional: only for the original devkit file
         except ImportError:
-            raise DatasetError(f"reading {path} needs scipy (pip install scipy), or put map_clsloc.txt beside it") from None
-        synsets = loadmat(str(path), squeeze_me=True)["synsets"]
-        return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+            raise DatasetError(
+                f"reading {path} needs scipy (pip install 'alexnet[imagenet]'), or put map_clsloc.txt beside it"
+            ) from None
+        try:  # a MAT file is data (no pickle), but it may be damaged or not the devkit's
+            synsets = loadmat(str(path), squeeze_me=True)["synsets"]
+            return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+        except Exception as exc:
+            raise DatasetError(f"{path} is not the ILSVRC2012 devkit's meta.mat ({type(exc).__name__}: {exc})") from None
     out = {}
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         parts = line.split()
