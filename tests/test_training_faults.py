@@ -111,6 +111,19 @@ def test_sigterm_saves_and_exits_zero_then_resumes_exactly(data, baseline, tmp_p
     assert all(torch.equal(final[k], baseline[k]) for k in baseline)
 
 
+def test_stop_at_max_steps_mid_epoch_then_resume_keeps_the_epoch_figures(data, baseline_run, tmp_path):
+    """A run that ends mid-epoch by its own limit (not a signal) saves that epoch's running
+    sums too: resumed to the end, its epoch lines are the uninterrupted run's."""
+    out = tmp_path / "run"
+    first = run_cli(train_args(data, out, "--epochs", EPOCHS, "--checkpoint-every", "5", "--max-steps", "29"))
+    assert first.returncode == 0, first.stderr
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["train_state"]["batch_in_epoch"] == 29 - 24
+    resumed = run_cli(train_args(data, out, "--epochs", EPOCHS, "--checkpoint-every", "5", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    full = [r for r in epoch_figures(out) if not r["partial"]]
+    assert full == epoch_figures(baseline_run)
+
+
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()

@@ -107,6 +107,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+_NO_SUMS = (0.0, 0.0, 0.0, 0)  # an epoch's running sums before its first step
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether the hardware computes in bf16 natively, so autocast to it is a speed-up:
     a CUDA GPU with bf16 (Ampere and later), or a CPU with AVX512-BF16 or AMX. Elsewhere
@@ -408,8 +411,9 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.train_time = 0.0  # seconds spent training, summed over resumed segments
         self.last_saved_step: int | None = None
-        # This process's sums over the epoch in progress: loss x images, top-1 hits, top-5 hits, images.
-        self.epoch_sums: list[float] = [0.0, 0.0, 0.0, 0]
+        # This process's sums over the epoch in progress (loss x images, top-1 hits, top-5 hits,
+        # images) as of the last save; zeros between epochs.
+        self.epoch_sums: tuple[float, float, float, int] = _NO_SUMS
         self._planned_epochs = cfg.epochs
         self.last_train_loss: float | None = None
 
@@ -465,7 +469,7 @@ class Trainer:
         if self.split:
             self.model.place()
 
-    def train_state(self, ranks: list[Any] | None = None) -> dict[str, Any]:
+    def train_state(self, ranks: list[Any]) -> dict[str, Any]:
         """Where training stands. ``ranks`` holds what each process has of its own: its random
         streams (each rank augments and drops out with its own) and the running sums of the
         epoch in progress, so a resumed DDP run continues each one exactly."""
@@ -478,14 +482,16 @@ class Trainer:
             "best_top1": -1.0 if self.best_top1 is None else float(self.best_top1),
             "last_val": dict(self.last_val),
             "train_time": float(self.train_time),
-            "rng": rng_state(self.aug_gen),  # this rank's (rank 0's in a file); kept for older readers
-            "ranks": ranks if ranks is not None else [self._rank_state()],
+            "ranks": ranks,
             "seed": self.cfg.seed,
         }
 
     def _rank_state(self) -> dict[str, Any]:
-        in_epoch = self.batch_in_epoch > 0
-        return {"rng": rng_state(self.aug_gen), "epoch_sums": self.epoch_sums if in_epoch else [0.0, 0.0, 0.0, 0]}
+        return {"rng": rng_state(self.aug_gen), "epoch_sums": list(self.epoch_sums)}
+
+    def _hold_epoch_sums(self, loss: Tensor, c1: Tensor, c5: Tensor, seen: int) -> None:
+        """Keep the running sums of the epoch in progress for the next save (one host sync)."""
+        self.epoch_sums = (loss.item(), c1.item(), c5.item(), seen)
 
     def save(self, best: bool = False) -> None:
         """Write ``last.pt`` (and ``best.pt``) from rank 0; every rank waits for it."""
@@ -550,10 +556,13 @@ class Trainer:
         self.train_time = float(ts.get("train_time", 0.0))
         if int(ts.get("world_size", 1)) == self.dist.world_size:
             ranks = ts.get("ranks")
-            mine = ranks[self.dist.rank] if isinstance(ranks, list) and len(ranks) == self.dist.world_size else None
-            set_rng_state(mine["rng"] if mine is not None else ts["rng"], self.aug_gen)
-            if mine is not None and self.batch_in_epoch > 0:
-                self.epoch_sums = [float(v) for v in mine["epoch_sums"]]
+            if isinstance(ranks, list) and len(ranks) == self.dist.world_size:
+                mine = ranks[self.dist.rank]
+                set_rng_state(mine["rng"], self.aug_gen)
+                loss, c1, c5, seen = mine["epoch_sums"]
+                self.epoch_sums = (float(loss), float(c1), float(c5), int(seen))
+            else:  # written before checkpoints held every rank's state: rank 0's streams
+                set_rng_state(ts["rng"], self.aug_gen)
         elif self.is_main:
             print("note: world size changed since the checkpoint; random streams restart", file=sys.stderr)
         self.last_saved_step = self.step
@@ -665,9 +674,8 @@ class Trainer:
             batches = self.train_batches.epoch(self.epoch, self.batch_in_epoch)
             loss_sum, correct1, correct5, seen = zero.clone(), zero.clone(), zero.clone(), 0
             # The epoch's running sums; a run resumed mid-epoch starts from the checkpoint's.
-            loss0, c1_0, c5_0, seen0 = self.epoch_sums if self.batch_in_epoch > 0 else (0.0, 0.0, 0.0, 0)
+            loss0, c1_0, c5_0, epoch_seen = self.epoch_sums
             epoch_loss, epoch_c1, epoch_c5 = zero + loss0, zero + c1_0, zero + c5_0
-            epoch_seen = int(seen0)
             t_log, n_log = time.perf_counter(), 0
             k = min(5, len(self.classes))
             bar = self._progress(batches)
@@ -753,7 +761,7 @@ class Trainer:
                     if want_ckpt and self.batch_in_epoch < total:
                         self._check_finite(epoch_loss, log)
                         self.train_time = time0 + time.perf_counter() - t_start
-                        self.epoch_sums = [epoch_loss.item(), epoch_c1.item(), epoch_c5.item(), epoch_seen]
+                        self._hold_epoch_sums(epoch_loss, epoch_c1, epoch_c5, epoch_seen)
                         self.save()
                         last_ckpt_time = time.perf_counter()
             if bar is not batches:
@@ -761,7 +769,7 @@ class Trainer:
             self.train_time = time0 + time.perf_counter() - t_start
             if status == "interrupted":
                 self._check_finite(epoch_loss, log)
-                self.epoch_sums = [epoch_loss.item(), epoch_c1.item(), epoch_c5.item(), epoch_seen]
+                self._hold_epoch_sums(epoch_loss, epoch_c1, epoch_c5, epoch_seen)
                 self.save()
                 if self.is_main:
                     print(f"stopped by signal at epoch {self.epoch} step {self.step}; checkpoint {self.last_path}")
@@ -770,6 +778,9 @@ class Trainer:
             if epoch_done:
                 self.epoch += 1
                 self.batch_in_epoch = 0
+                self.epoch_sums = _NO_SUMS
+            else:  # stopped mid-epoch by a limit: the save in _end_epoch keeps the sums so far
+                self._hold_epoch_sums(epoch_loss, epoch_c1, epoch_c5, epoch_seen)
             self._check_finite(epoch_loss, log)
             self._end_epoch(log, epoch_loss, epoch_c1, epoch_c5, epoch_seen, epoch_done)
             last_ckpt_time = time.perf_counter()
