@@ -112,7 +112,7 @@ class _Batches(Dataset):
         else:
             items = [self.dataset[i] for i in indices]
             x, y = torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.int64)
-        return x, y, [tuple(e) for e in bad[known:]] if isinstance(bad, list) else []
+        return x, y, bad[known:] if isinstance(bad, list) else []  # tuples again in _collect
 
 
 class BatchLoader(DataLoader):
@@ -136,7 +136,7 @@ class BatchLoader(DataLoader):
 
     @staticmethod
     def _collect(batches: Iterator, sink: object) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y, bad in batches:
+        for x, y, bad in batches:  # the transport (pinning, collation) may turn tuples into lists
             if bad and isinstance(sink, list):
                 sink.extend(e for e in map(tuple, bad) if e not in sink)
             yield x, y
