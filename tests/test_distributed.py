@@ -20,12 +20,18 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_round_store_skips_a_stale_address_and_joins_this_rounds_rank0(monkeypatch):
-    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # torchrun's shared store
+@pytest.fixture
+def agent(monkeypatch) -> dist.TCPStore:
+    """torchrun's shared store, still holding what the previous round's rank 0 published
+    before torchrun stopped it."""
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(agent.port))
-    # What the previous round's rank 0 published before torchrun stopped it.
-    agent.set(D._ROUND_KEY, f"127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("MASTER_PORT", str(store.port))
+    store.set(D._ROUND_KEY, f"127.0.0.1:{_closed_port()}")
+    return store
+
+
+def test_round_store_skips_a_stale_address_and_joins_this_rounds_rank0(agent):
 
     got: dict[str, object] = {}
 
@@ -49,10 +55,6 @@ def test_round_store_skips_a_stale_address_and_joins_this_rounds_rank0(monkeypat
     assert store0.port != agent.port
 
 
-def test_round_store_gives_up_with_a_clear_error(monkeypatch):
-    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(agent.port))
-    agent.set(D._ROUND_KEY, f"127.0.0.1:{_closed_port()}")
+def test_round_store_gives_up_with_a_clear_error(agent):
     with pytest.raises(RuntimeError, match="cannot be reached"):
         D._round_store(D.DistInfo(rank=1, world_size=2), timeout=timedelta(seconds=3))
