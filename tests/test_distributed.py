@@ -32,7 +32,6 @@ def agent(monkeypatch) -> dist.TCPStore:
 
 
 def test_round_store_skips_a_stale_address_and_joins_this_rounds_rank0(agent):
-
     got: dict[str, object] = {}
 
     def rank1() -> None:
