@@ -37,15 +37,12 @@ import torch
 from torch import Tensor, nn
 
 from alexnet.data.stats import DatasetStats
+from alexnet.errors import CheckpointError
 from alexnet.models import create_model
 
 FORMAT = "alexnet-checkpoint"
 VERSION = 1
 SAFETENSORS_META_KEY = "alexnet.meta"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used: missing, truncated, tampered with or unsafe."""
 
 
 @dataclass

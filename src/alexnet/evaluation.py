@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alexnet.checkpoint import ModelMeta
+from alexnet.errors import ImageLoadError
 
 ModelAndMeta = tuple[nn.Module, ModelMeta]
 
@@ -323,10 +324,6 @@ class Prediction(NamedTuple):
     class_id: str
     name: str
     prob: float
-
-
-class ImageLoadError(ValueError):
-    """An image file that cannot be used (missing, not an image, truncated, ...)."""
 
 
 def load_image(source: str | Path | bytes, size: int) -> Tensor:

@@ -31,14 +31,11 @@ import torch
 from torch import nn
 
 from alexnet.checkpoint import ModelMeta, save_safetensors
+from alexnet.errors import ExportError
 
 FORMATS = ("safetensors", "onnx", "torchscript")
 META_KEY = "alexnet.meta"
 TORCHSCRIPT_META_FILE = "alexnet_meta.json"
-
-
-class ExportError(RuntimeError):
-    """The model could not be exported in the requested format."""
 
 
 def export_meta(meta: ModelMeta) -> dict[str, Any]:

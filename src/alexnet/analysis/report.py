@@ -26,10 +26,7 @@ from typing import Any
 import torch
 
 from alexnet.checkpoint import CheckpointError, ModelMeta, atomic_write_bytes, load_model
-
-
-class ReportError(ValueError):
-    """The run directory cannot be reported on (no such directory, no usable model)."""
+from alexnet.errors import ReportError
 
 
 @dataclass

@@ -28,15 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from alexnet.checkpoint import ModelMeta, atomic_write_bytes
+from alexnet.errors import IndexFormatError
 from alexnet.evaluation import Predictor, iter_batches
 
 INDEX_VERSION = 1
 FEATURES_FILE = "features.safetensors"
 INDEX_FILE = "index.json"
-
-
-class IndexFormatError(ValueError):
-    """A feature index directory that is missing, incomplete or inconsistent."""
 
 
 # --------------------------------------------------------------------------- binary codes

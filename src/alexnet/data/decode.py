@@ -32,13 +32,14 @@ import torch
 from PIL import Image, ImageFile
 from torch import Tensor
 
+from alexnet.errors import DecodeError
+
 # Images above this many pixels are refused before decoding (PIL's own bomb limit is
 # ~89 MP; the largest ILSVRC photos are well under 20 MP).
 MAX_PIXELS = 64_000_000
 # Files above this size are refused before reading them into memory.
 MAX_BYTES = 256 * 1024 * 1024
 
-REASONS = ("empty", "too_large", "not_an_image", "truncated", "corrupt", "unreadable")
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -46,19 +47,6 @@ IMAGE_EXTENSIONS = frozenset(
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never grey padding
-
-
-class DecodeError(Exception):
-    """A file that cannot be used as an image. ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: str, detail: str = "", path: str | os.PathLike | None = None):
-        assert reason in REASONS, reason
-        self.reason, self.detail, self.path = reason, detail, None if path is None else str(path)
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
-    def with_path(self, path: str | os.PathLike) -> DecodeError:
-        self.path = str(path)
-        return self
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -154,7 +142,6 @@ def _decode_pil(data: bytes, max_pixels: int, draft_side: int = 0) -> np.ndarray
         raise DecodeError(reason, msg or type(exc).__name__) from None
     except MemoryError:
         raise DecodeError("too_large", "out of memory while decoding") from None
-
 
 
 _EXIF_ORIENTATION = 0x0112

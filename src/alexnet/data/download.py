@@ -44,21 +44,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from alexnet.errors import ChecksumError, DownloadError, UnsafeArchiveError
+
 MARKER = "download.json"  # written last into OUT: what was downloaded, from where, checksum
 CHUNK = 1 << 20
 USER_AGENT = "alexnet-downloader/1"
-
-
-class DownloadError(RuntimeError):
-    """A download, checksum or archive problem (the message says which and what to do)."""
-
-
-class ChecksumError(DownloadError):
-    pass
-
-
-class UnsafeArchiveError(DownloadError):
-    pass
 
 
 @dataclass(frozen=True)

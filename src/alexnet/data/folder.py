@@ -40,16 +40,13 @@ from torch.utils.data import Dataset
 from alexnet.data.decode import DecodeError, image_paths, is_image_file, load_resized, probe_image
 from alexnet.data.imagenet import IMAGENET_SYNSETS, readable_name
 from alexnet.data.stats import DatasetStats, sample_stats
+from alexnet.errors import DatasetError
 
 INDEX_FILE = "index.json"  # marks a prepared dataset (alexnet.data.prepared)
 STATS_FILE = "stats.safetensors"  # where `alexnet data stats` stores a folder dataset's statistics
 CLASS_NAMES_FILE = "class_names.json"  # optional {class folder: readable name} beside the splits
 STATS_SAMPLE = 500  # images used to estimate statistics of a raw folder without stored ones
 SMALL_IMAGE = 64  # datasets whose images are all at most this side keep their native size
-
-
-class DatasetError(ValueError):
-    """A dataset path or layout that cannot be used (message says why)."""
 
 
 def class_folders(root: Path) -> list[str]:

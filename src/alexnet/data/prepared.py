@@ -55,16 +55,13 @@ from alexnet.data.folder import (
     save_stats_file,
 )
 from alexnet.data.stats import DatasetStats, StatsAccumulator, sample_stats
+from alexnet.errors import ShardCorruptError
 
 FORMAT = "alexnet-prepared"
 VERSION = 1
 ENCODINGS = ("jpeg", "raw")
 SHARD_BYTES = 1 << 30  # target shard size when --shard-size is not given
 JPEG_BYTES_ESTIMATE = 1 / 8  # a q90 JPEG is about 1/8 of its raw size
-
-
-class ShardCorruptError(DatasetError):
-    """A shard whose size, checksum or content does not match the index."""
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from alexnet.checkpoint import ModelMeta, load_model
 from alexnet.data.decode import DecodeError, decode_image, encode_jpeg, resize_center_crop
+from alexnet.errors import ExplorerError
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,6 @@ ALLOWED_CONTENT_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/webp", "image/bmp"}
 )
 _ID_RE = re.compile(r"(val|train)-([0-9]{1,9})")  # used with fullmatch: no trailing newline slips through
-
-
-class ExplorerError(Exception):
-    """A request the explorer cannot serve; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 # --------------------------------------------------------------------------- rendering

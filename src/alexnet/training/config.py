@@ -21,13 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alexnet.errors import ConfigError
+
 SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
 AMP_MODES = ("auto", "bf16", "none")
 NORM_MODES = ("image", "channel")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the offending key."""
 
 
 @dataclass

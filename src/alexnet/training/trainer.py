@@ -53,15 +53,11 @@ from alexnet.checkpoint import (
     save_checkpoint,
     save_safetensors,
 )
+from alexnet.errors import TrainingError
 from alexnet.training import distributed as D
 from alexnet.training.config import ConfigError, TrainConfig
 from alexnet.training.data import EpochBatches, open_splits
 from alexnet.training.schedules import LRSchedule
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, checkpoint not writable, nothing to resume); the
-    message says what happened and what was kept."""
 
 
 @dataclass
