@@ -437,6 +437,20 @@ class ModelInfo:
     default_classes: int
     description: str
     builder: Callable[..., nn.Module]
+    # True for models whose input side is an option (``input_size=``): they take a crop of
+    # 7/8 of the stored side; False for the fixed-input ImageNet nets (224).
+    flexible_input: bool = False
+
+    def input_size_for(self, image_size: int) -> int:
+        """The network input side (the training crop) for images stored at ``image_size``.
+
+        Fixed-input nets take their own side (224 of 256, as in the paper). Flexible ones
+        take 7/8 of the stored side (32 -> 28, 64 -> 56), the paper's 224/256 ratio, so
+        random crops still translate.
+        """
+        if self.flexible_input:
+            return max(8, (image_size * 7 // 8) // 4 * 4)
+        return self.input_size
 
     def num_params(self, num_classes: int | None = None, **options: object) -> int:
         """Parameter count, computed on the meta device (no memory is allocated)."""
@@ -448,11 +462,11 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, input_size: int, default_classes: int, description: str):
+def register_model(name: str, input_size: int, default_classes: int, description: str, flexible_input: bool = False):
     """Decorator adding a builder ``fn(num_classes=..., **options)`` to the zoo."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = ModelInfo(name, input_size, default_classes, description, fn)
+        _REGISTRY[name] = ModelInfo(name, input_size, default_classes, description, fn, flexible_input)
         return fn
 
     return wrap
@@ -472,7 +486,9 @@ def _alexnet_owt(num_classes: int = 1000, **options) -> nn.Module:
     return AlexNetOWT(num_classes=num_classes, **options)
 
 
-@register_model("alexnet_small", 32, 10, "5 conv + 3 fc for 32-64 px images; width, norm options")
+@register_model(
+    "alexnet_small", 32, 10, "5 conv + 3 fc for 32-64 px images; width, norm options", flexible_input=True
+)
 def _alexnet_small(num_classes: int = 10, **options) -> nn.Module:
     return AlexNetSmall(num_classes=num_classes, **options)
 
@@ -480,6 +496,13 @@ def _alexnet_small(num_classes: int = 10, **options) -> nn.Module:
 def list_models() -> list[ModelInfo]:
     """The zoo, in registration order."""
     return list(_REGISTRY.values())
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry's entry for ``name`` (``KeyError`` naming the zoo if unknown)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
 
 
 def create_model(name: str, num_classes: int | None = None, **options) -> nn.Module:
@@ -490,7 +513,5 @@ def create_model(name: str, num_classes: int | None = None, **options) -> nn.Mod
     ``create_model('alexnet', devices=['cuda:0', 'cuda:1'])`` for the paper's split or
     ``create_model('alexnet_small', width=0.5, norm='lrn', input_size=64)``.
     """
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(_REGISTRY)}")
-    info = _REGISTRY[name]
+    info = model_info(name)
     return info.builder(num_classes=num_classes or info.default_classes, **options)

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from alexnet.models import model_info
 from alexnet.training.config import TrainConfig, from_dict, preset
-from alexnet.training.trainer import TrainResult, default_crop, train
+from alexnet.training.trainer import TrainResult, train
 
 # Of the budget, the share kept for the set-up and what follows training (report).
 _AFTER_TRAINING = 0.08
@@ -96,7 +97,7 @@ def run_demo(
     cfg = preset("demo")
     cfg = from_dict({"data": str(data), "out": str(out), **(overrides or {})}, cfg)
     train_set = open_dataset(data, "train", validate="none")
-    cfg.crop = cfg.crop or default_crop(cfg.model, train_set.image_size, train_set.image_size)
+    cfg.crop = cfg.crop or model_info(cfg.model).input_size_for(train_set.image_size)
     budget = max(0.05, minutes) * 60 * (1 - _AFTER_TRAINING)
     if "epochs" not in (overrides or {}):
         val_images = len(open_dataset(data, cfg.val_split, validate="none")) if (data / cfg.val_split).is_dir() else 0

@@ -159,14 +159,6 @@ def set_rng_state(state: dict[str, Any], aug: torch.Generator) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def default_crop(model: str, image_size: int, model_input: int) -> int:
-    """The network input side: the model's own (224) for ImageNet nets; 7/8 of small images
-    (32 -> 28, 64 -> 56), the paper's 224/256 ratio, so random crops still translate."""
-    if model == "alexnet_small":
-        return max(8, (image_size * 7 // 8) // 4 * 4)
-    return model_input
-
-
 def parameter_groups(model: nn.Module, weight_decay: float, decay_bias: bool) -> list[dict[str, Any]]:
     """Weight decay on the weights of convolutions and linear layers (the paper's ``w``); biases
     and normalisation parameters (1-d tensors) without, unless ``decay_bias``."""
@@ -323,14 +315,15 @@ class Trainer:
         infos = {m.name: m for m in list_models()}
         if cfg.model not in infos:
             raise ConfigError(f"config key 'model': unknown model {cfg.model!r}; choose from {sorted(infos)}")
-        self.crop = cfg.crop or default_crop(cfg.model, self.image_size, infos[cfg.model].input_size)
+        info = infos[cfg.model]
+        self.crop = cfg.crop or info.input_size_for(self.image_size)
         if self.crop > self.image_size:
             raise ConfigError(
                 f"config key 'crop': {self.crop} px crops do not fit the dataset's {self.image_size} px images "
                 f"(model {cfg.model!r}; use alexnet_small for small images, or set crop)"
             )
         options = dict(cfg.model_options)
-        if cfg.model == "alexnet_small":
+        if info.flexible_input:
             options.setdefault("input_size", self.crop)
         self.norm_mode = cfg.norm_mode
         if self.norm_mode == "image" and (
