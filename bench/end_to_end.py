@@ -49,7 +49,7 @@ from _common import (
     time_steps,
 )
 
-from alexnet.data.folder import DatasetError, open_dataset
+from alexnet.data import DatasetError, open_dataset
 from alexnet.data.loader import default_workers, make_loader
 from alexnet.data.transforms import TrainAugment
 from alexnet.models import create_model

@@ -54,7 +54,7 @@ def load_features(args: argparse.Namespace, device: torch.device) -> tuple[Featu
         return FeatureIndex.load(args.index), f"index {args.index}"
     if args.checkpoint:
         from alexnet.checkpoint import load_model
-        from alexnet.data.folder import open_dataset
+        from alexnet.data import open_dataset
 
         model, meta = load_model(args.checkpoint, device)
         dataset = open_dataset(args.data, args.split)

@@ -27,7 +27,7 @@ from alexnet.analysis.retrieval import (
 )
 from alexnet.checkpoint import load_model, save_checkpoint
 from alexnet.cli import main
-from alexnet.data.folder import open_dataset
+from alexnet.data import open_dataset
 
 tiny_run = support.tiny_run
 

@@ -185,7 +185,7 @@ def test_end_to_end_worker_processes(prepared_tiny: Path) -> None:
 def test_jpeg_bytes_batches_are_the_stored_images(prepared_tiny: Path) -> None:
     import simplejpeg
 
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
 
     ds = open_dataset(prepared_tiny, "train")
     flat, lengths, labels = end_to_end.JpegBytes(ds).get_batch([5, 0, 17])

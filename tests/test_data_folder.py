@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from alexnet.data import DatasetError, DatasetStats, open_dataset
-from alexnet.data.folder import STATS_FILE, save_stats_file
 from alexnet.data.imagenet import IMAGENET_SYNSET_INDEX
+from alexnet.data.stats import STATS_FILE, save_stats_file
 
 
 def _jpeg(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> Path:

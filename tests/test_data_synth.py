@@ -38,7 +38,7 @@ def test_layout_and_class_names(tmp_path):
 
 
 def test_open_dataset_reads_readable_names(tmp_path):
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
 
     out = synth.generate(tmp_path / "d", workers=1, **SMALL)
     ds = open_dataset(out, "val")

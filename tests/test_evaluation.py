@@ -17,7 +17,7 @@ from test_analysis_support import NUM_CLASSES, VAL_PER_CLASS, TinyRun
 
 from alexnet.checkpoint import load_model
 from alexnet.cli import main
-from alexnet.data.folder import open_dataset
+from alexnet.data import open_dataset
 from alexnet.data.imagenet import IMAGENET_SYNSETS
 from alexnet.evaluation import (
     EvalResult,
@@ -164,7 +164,7 @@ def test_result_json_and_table(loaded) -> None:
 
 def test_empty_result_is_an_error(loaded) -> None:
     model, meta, val = loaded
-    from alexnet.training.data import HeldOut
+    from alexnet.data.splits import HeldOut
 
     with pytest.raises(ValueError, match="no images"):
         evaluate((model, meta), HeldOut(val, []), device="cpu")

@@ -38,7 +38,7 @@ LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
 def _train_tiny(data: Path, out: Path) -> Path:
     """alexnet_small trained for a few steps on the dataset's training split: a real checkpoint."""
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
 
     train = open_dataset(data, "train", image_size=40)
     x, y = train.get_batch(range(len(train)))
@@ -134,7 +134,7 @@ def test_info_gallery_and_page(client: TestClient) -> None:
 def test_analysis_matches_the_model(client: TestClient, assets: tuple[Path, Path]) -> None:
     """The page's numbers are the checkpoint's own forward pass, not something made up."""
     from alexnet.checkpoint import load_model
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
 
     image_id = client.get("/api/gallery").json()["images"][3]["id"]
     split, index = image_id.split("-")
@@ -300,7 +300,7 @@ def test_data_from_the_run_config(tmp_path: Path, assets: tuple[Path, Path]) -> 
     """`alexnet explore --checkpoint RUN/checkpoints/best.pt` finds the run's dataset by itself."""
     import json
 
-    from alexnet.explorer.app import guess_data
+    from alexnet.runs import run_data as guess_data
 
     ck = tmp_path / "run" / "checkpoints" / "best.pt"
     ck.parent.mkdir(parents=True)

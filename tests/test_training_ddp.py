@@ -14,8 +14,8 @@ import torch
 from test_training import Blobs, cli_env, tiny_config, train_args, weights, write_folder_dataset
 
 from alexnet.cli import build_parser
+from alexnet.cli.train import config_from_args
 from alexnet.training import train
-from alexnet.training.commands import config_from_args
 
 
 def _no_randomness(*extra: str) -> list[str]:
@@ -100,6 +100,6 @@ def test_dataset_picks_the_preset(tmp_path):
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10").is_dir(),
                     reason="real CIFAR-10 folder not available")
 def test_real_cifar10_folder_picks_cifar10_preset():
-    from alexnet.training.commands import auto_preset
+    from alexnet.cli.train import auto_preset
 
     assert auto_preset(str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10")) == "cifar10"

@@ -21,13 +21,10 @@ strings, lists, dicts)::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +35,7 @@ from torch import Tensor, nn
 
 from alexnet.data.stats import DatasetStats
 from alexnet.errors import CheckpointError
+from alexnet.files import atomic_write_bytes
 from alexnet.models import create_model
 
 FORMAT = "alexnet-checkpoint"
@@ -129,44 +127,6 @@ def _digest(obj: Any) -> str:
 # --------------------------------------------------------------------------- atomic write
 
 
-def _read_umask() -> int:
-    """The process umask, read once at import (setting it is process-wide, so never in threads)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
-
-    Raises ``OSError`` (for example ENOSPC on a full disk) with the temporary file removed
-    and the previous file untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; match an ordinary open()
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def save_checkpoint(
@@ -226,14 +186,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} failed its integrity check (sha256 mismatch)")
     payload["meta"] = ModelMeta.from_dict(payload["meta"])
     return payload
-
-
-def is_valid_checkpoint(path: str | Path) -> bool:
-    try:
-        load_checkpoint(path)
-    except CheckpointError:
-        return False
-    return True
 
 
 # torchvision alexnet state-dict keys: the signature of a torchvision weights file.

@@ -35,6 +35,10 @@ class DatasetError(AlexNetError, ValueError):
     """A dataset path or layout that cannot be used (message says why)."""
 
 
+class DatasetExistsError(DatasetError, FileExistsError):
+    """An output directory that already holds something a command would overwrite."""
+
+
 class ShardCorruptError(DatasetError):
     """A prepared-dataset shard whose size, checksum or content does not match the index."""
 

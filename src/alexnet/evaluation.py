@@ -25,13 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alexnet.checkpoint import ModelMeta
-from alexnet.errors import ImageLoadError
+from alexnet.devices import resolve_device
+from alexnet.errors import EvaluationError, ImageLoadError
 
 ModelAndMeta = tuple[nn.Module, ModelMeta]
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------- batches
@@ -78,8 +75,8 @@ class Predictor:
 
     def __init__(self, model: nn.Module, meta: ModelMeta, crops: int = 1, device: torch.device | str | None = None):
         if crops not in (1, 10):
-            raise ValueError(f"crops must be 1 (centre) or 10 (corners + centre, mirrored), got {crops}")
-        self.device = torch.device(device) if device is not None else default_device()
+            raise EvaluationError(f"crops must be 1 (centre) or 10 (corners + centre, mirrored), got {crops}")
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.meta = meta
         self.crops = crops
@@ -120,7 +117,7 @@ def check_ensemble(metas: Sequence[ModelMeta]) -> None:
     first = metas[0].classes
     for i, meta in enumerate(metas[1:], start=1):
         if meta.classes != first:
-            raise ValueError(
+            raise EvaluationError(
                 f"ensemble member {i} predicts different classes ({meta.num_classes} classes, "
                 f"first {meta.classes[:3]}) than member 0 ({len(first)} classes, first {first[:3]})"
             )
@@ -135,7 +132,7 @@ def label_map(dataset_classes: Sequence[str], model_classes: Sequence[str]) -> T
     position = {c: i for i, c in enumerate(model_classes)}
     missing = [c for c in dataset_classes if c not in position]
     if missing:
-        raise ValueError(
+        raise EvaluationError(
             f"{len(missing)} of the dataset's {len(dataset_classes)} classes are unknown to the model "
             f"(e.g. {missing[:3]}); the model knows {len(model_classes)} classes (e.g. {list(model_classes[:3])})"
         )
@@ -158,7 +155,7 @@ def dataset_probs(
     uses its own preprocessing (statistics, crop size), so differently trained models mix.
     """
     if not models:
-        raise ValueError("no model to evaluate")
+        raise EvaluationError("no model to evaluate")
     check_ensemble([meta for _, meta in models])
     predictors = [Predictor(m, meta, crops, device) for m, meta in models]
     mapping = label_map(list(dataset.classes), models[0][1].classes)
@@ -298,7 +295,7 @@ def evaluate(
         prob_parts.append(top_prob.cpu())
         label_parts.append(labels.cpu())
     if n == 0:
-        raise ValueError("the dataset has no images to evaluate")
+        raise EvaluationError("the dataset has no images to evaluate")
     return EvalResult(
         num_images=n,
         top1=top1 / n,

@@ -21,8 +21,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet.checkpoint import ModelMeta, save_safetensors
+from alexnet.checkpoint import ModelMeta, load_model, save_safetensors
 from alexnet.errors import ExportError
+from alexnet.files import atomic_target
 
 FORMATS = ("safetensors", "onnx", "torchscript")
 META_KEY = "alexnet.meta"
@@ -57,21 +56,6 @@ def export_meta(meta: ModelMeta) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the body succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _example_input(meta: ModelMeta, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, meta.input_size, meta.input_size)
 
@@ -81,7 +65,7 @@ def export_onnx(model: nn.Module, meta: ModelMeta, output: Path, opset: int | No
     import onnx
 
     model = model.cpu().eval()
-    with _atomic_target(output) as tmp:
+    with atomic_target(output) as tmp:
         try:
             # The exporter prints progress and logs about absent torchvision ops: keep it quiet.
             quiet_logger = logging.getLogger("torch.onnx")
@@ -115,7 +99,7 @@ def export_onnx(model: nn.Module, meta: ModelMeta, output: Path, opset: int | No
 def export_torchscript(model: nn.Module, meta: ModelMeta, output: Path) -> Path:
     """A traced TorchScript module (eval mode: dropout off) with the metadata inside the archive."""
     model = model.cpu().eval()
-    with _atomic_target(output) as tmp:
+    with atomic_target(output) as tmp:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
@@ -147,3 +131,24 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated upstream, still works
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module, json.loads(extra[TORCHSCRIPT_META_FILE] or "{}")
+
+
+def verify_export(model: torch.nn.Module, meta: Any, path: Path, fmt: str) -> float:
+    """Max |difference| of logits between the exported model and PyTorch on random inputs."""
+    x = torch.randn(3, 3, meta.input_size, meta.input_size)
+    with torch.inference_mode():
+        ref = model.cpu().eval()(x)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    elif fmt == "torchscript":
+        module, _ = load_torchscript(path)
+        with torch.inference_mode():
+            got = module(x)
+    else:
+        reloaded, _ = load_model(path)
+        with torch.inference_mode():
+            got = reloaded(x)
+    return float((got - ref).abs().max())

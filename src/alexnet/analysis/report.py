@@ -26,7 +26,12 @@ from typing import Any
 import torch
 
 from alexnet.checkpoint import CheckpointError, ModelMeta, atomic_write_bytes, load_model
+from alexnet.data import resolve_data
+from alexnet.data.sampling import spaced_indices
+from alexnet.data.splits import open_splits
+from alexnet.devices import resolve_device
 from alexnet.errors import ReportError
+from alexnet.runs import RunPaths
 
 
 @dataclass
@@ -69,32 +74,14 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
     return records, bad
 
 
-def find_model_file(run_dir: Path) -> Path:
-    """The run's best checkpoint, else its last, else its safetensors export."""
-    for candidate in (run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt", run_dir / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
-    raise ReportError(f"{run_dir}: no checkpoints/best.pt, checkpoints/last.pt or model.safetensors")
-
-
 def open_run_splits(run_dir: Path, data: str | Path | None) -> tuple[Any, Any, str]:
     """(train, val, data path) as the run's training split them."""
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        config = None
-    if not isinstance(config, dict):
+    config = RunPaths(run_dir).read_config()
+    if config is None:
         if data is None:
             raise ReportError("the run has no readable config.json naming its dataset; pass --data DIR")
         config = {}
-    if data is None:
-        data = config.get("data")
-        if data is None:  # the trainer's default: the embedded dataset
-            from alexnet.data.synth import ensure_embedded_dataset
-
-            data = ensure_embedded_dataset(progress=False)
-    from alexnet.training.data import open_splits
-
+    data = resolve_data(data if data is not None else config.get("data"))
     train, val, _ = open_splits(data, str(config.get("val_split", "val")), float(config.get("val_fraction", 0.05)))
     return train, val, str(data)
 
@@ -102,12 +89,6 @@ def open_run_splits(run_dir: Path, data: str | Path | None) -> tuple[Any, Any, s
 def _write(path: Path, data: bytes) -> None:
     """Atomic write, readable by others (a report is meant to be shared)."""
     atomic_write_bytes(path, data)
-
-
-def _spaced(n: int, k: int) -> list[int]:
-    """``k`` indices spread evenly over ``range(n)`` (covers every class of a sorted dataset)."""
-    k = min(k, n)
-    return [int((i + 0.5) * n / k) for i in range(k)]
 
 
 def _is_imagenet(meta: ModelMeta) -> bool:
@@ -139,18 +120,21 @@ def write_report(
     """
     from alexnet.analysis import plots
     from alexnet.analysis.filters import save_kernel_grid, tower_summary
-    from alexnet.evaluation import default_device, evaluate
+    from alexnet.evaluation import evaluate
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run directory not found: {run_dir}")
-    out = run_dir / "report"
+    out = RunPaths(run_dir).report
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     rep = _Report()
     t0 = time.perf_counter()
 
-    model_file = find_model_file(run_dir)
+    try:
+        model_file = RunPaths(run_dir).model_file()
+    except CheckpointError as exc:
+        raise ReportError(str(exc)) from None
     try:
         model, meta = load_model(model_file, device)
     except CheckpointError as exc:
@@ -165,7 +149,7 @@ def write_report(
     ]
 
     # Training curves.
-    records, bad_lines = read_metrics(run_dir / "metrics.jsonl")
+    records, bad_lines = read_metrics(RunPaths(run_dir).metrics)
     if records:
         fig = plots.plot_training_curves(records, out / "training_curves.png")
         epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -208,9 +192,9 @@ def write_report(
     if val is not None and len(val):
         eval_set = val
         if max_eval is not None and max_eval < len(val):
-            from alexnet.training.data import HeldOut
+            from alexnet.data.splits import HeldOut
 
-            eval_set = HeldOut(val, _spaced(len(val), max_eval))
+            eval_set = HeldOut(val, spaced_indices(len(val), max_eval))
         result = evaluate(
             (model, meta), eval_set, crops=1, batch_size=batch_size, device=device, num_workers=num_workers,
             names=[model_file.name],
@@ -226,7 +210,7 @@ def write_report(
         rep.sections.append(_Section("Validation", html=f"<pre>{table}</pre>"))
 
         # Top-5 predictions for sample validation images.
-        picks = _spaced(result.num_images, num_samples)
+        picks = spaced_indices(result.num_images, num_samples)
         images = [eval_set[i][0] for i in picks]
         preds = [
             [(meta.class_names[j], float(p)) for j, p in zip(result.top_idx[i].tolist(), result.top_prob[i].tolist(), strict=True)]
@@ -279,7 +263,7 @@ def _retrieval_section(
     index = FeatureIndex.build(
         model, meta, train, batch_size=batch_size, device=device, limit=max_index, num_workers=num_workers
     )
-    picks = _spaced(len(val), num_queries)
+    picks = spaced_indices(len(val), num_queries)
     items = [val[i] for i in picks]
     predictor = Predictor(model, meta, 1, device)
     queries = torch.stack([fit_images(x.unsqueeze(0), meta.image_size)[0] for x, _ in items])

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from alexnet.checkpoint import ModelMeta, atomic_write_bytes
-from alexnet.errors import IndexFormatError
+from alexnet.data.sampling import spaced_indices
+from alexnet.errors import EvaluationError, IndexFormatError
 from alexnet.evaluation import Predictor, iter_batches
 
 INDEX_VERSION = 1
@@ -194,7 +195,7 @@ class FeatureIndex:
         base = dataset
         positions = list(range(len(dataset)))
         if limit is not None and limit < len(dataset):
-            positions = [int(i * len(dataset) / limit) for i in range(limit)]
+            positions = spaced_indices(len(dataset), limit)
             dataset = torch.utils.data.Subset(dataset, positions)
         predictor = Predictor(model, meta, 1, device)
         feats, labels = [], []
@@ -207,7 +208,7 @@ class FeatureIndex:
             feats.append(predictor.features(images, layer).cpu())
             labels.append(y)
         if not feats:
-            raise ValueError("the dataset has no images to index")
+            raise EvaluationError("the dataset has no images to index")
         path_of = getattr(base, "path_of", None)
         paths = [str(path_of(i)) if path_of else f"#{i}" for i in positions]
         index = cls(
@@ -262,15 +263,15 @@ class FeatureIndex:
         q = features.float().to(self.features.device)
         q = q.reshape(1, -1) if q.dim() == 1 else q
         if q.shape[1] != self.features.shape[1]:
-            raise ValueError(f"query has {q.shape[1]} dimensions, the index {self.features.shape[1]}")
+            raise EvaluationError(f"query has {q.shape[1]} dimensions, the index {self.features.shape[1]}")
         extra = 1 if exclude_self else 0
         k = min(k, len(self) - extra)
         if k < 1:
-            raise ValueError(f"cannot return neighbours from an index of {len(self)} images")
+            raise EvaluationError(f"cannot return neighbours from an index of {len(self)} images")
         start = time.perf_counter()
         if binary:
             if self.codes is None or self.itq is None:
-                raise ValueError("this index has no binary codes; build it with bits > 0")
+                raise EvaluationError("this index has no binary codes; build it with bits > 0")
             packed = self.itq.encode(q)
             if method == "matmul":
                 if self._signs is None:

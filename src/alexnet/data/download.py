@@ -4,7 +4,7 @@
 ``OUT/val/<class>/*``, the folder layout :func:`alexnet.data.open_dataset` reads.
 
 * **Fetch**: the official archive over HTTP(S) with ``urllib``, into a cache folder
-  (``<data home>/downloads``, see :func:`alexnet.data.synth.data_home`) as ``NAME.part``;
+  (``<data home>/downloads``, see :func:`alexnet.data.home.data_home`) as ``NAME.part``;
   an interrupted download resumes with an HTTP ``Range`` request. ``--url`` or the
   environment variables ``ALEXNET_CIFAR10_URL`` / ``ALEXNET_IMAGENETTE_URL`` point at a
   mirror.
@@ -504,7 +504,7 @@ def download_dataset(
         raise DownloadError(f"{out} exists and is not empty; choose a new directory")
 
     if cache_dir is None:
-        from alexnet.data.synth import data_home
+        from alexnet.data.home import data_home
 
         cache_dir = data_home() / "downloads"
     filename = PurePosixPath(urllib.parse.urlsplit(url).path).name or f"{name}-{variant}.tar.gz"

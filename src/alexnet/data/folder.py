@@ -1,8 +1,7 @@
 """Folder datasets: ImageNet layout, plain class folders, the official ILSVRC validation set.
 
-Layouts recognised by :func:`open_dataset`:
+Layouts recognised by :func:`open_folder` (through :func:`alexnet.data.open_dataset`):
 
-* a prepared dataset (``index.json``, see :mod:`alexnet.data.prepared`);
 * ImageNet layout: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` (classes are the
   sorted sub-folder names of ``train/``, so a synset folder gets its standard index);
 * the official ILSVRC validation layout: ``ROOT/val/*.JPEG`` flat, with either
@@ -39,11 +38,10 @@ from torch.utils.data import Dataset
 
 from alexnet.data.decode import DecodeError, image_paths, is_image_file, load_resized, probe_image
 from alexnet.data.imagenet import IMAGENET_SYNSETS, readable_name
-from alexnet.data.stats import DatasetStats, sample_stats
+from alexnet.data.sampling import spaced_indices
+from alexnet.data.stats import STATS_FILE, DatasetStats, load_stats_file, sample_stats
 from alexnet.errors import DatasetError
 
-INDEX_FILE = "index.json"  # marks a prepared dataset (alexnet.data.prepared)
-STATS_FILE = "stats.safetensors"  # where `alexnet data stats` stores a folder dataset's statistics
 CLASS_NAMES_FILE = "class_names.json"  # optional {class folder: readable name} beside the splits
 STATS_SAMPLE = 500  # images used to estimate statistics of a raw folder without stored ones
 SMALL_IMAGE = 64  # datasets whose images are all at most this side keep their native size
@@ -81,8 +79,8 @@ def _load_class_names(roots: Sequence[Path], classes: Sequence[str]) -> list[str
 def infer_image_size(paths: Sequence[Path], default: int = 256, probe: int = 16) -> int:
     """Native side for small-image datasets (CIFAR: 32), else the paper's 256."""
     sides = []
-    step = max(1, len(paths) // probe)
-    for p in list(paths)[::step][:probe]:
+    for i in spaced_indices(len(paths), probe):
+        p = paths[i]
         try:
             sides.append(probe_image(p))
         except DecodeError:
@@ -310,7 +308,7 @@ def ilsvrc_val_dataset(
     )
 
 
-# ---------------------------------------------------------------------- open_dataset
+# ---------------------------------------------------------------------- opening a split
 
 
 def _stored_or_sampled(stats_root: Path, train_fn: Callable[[], FolderDataset | None]) -> Callable[[], DatasetStats]:
@@ -324,33 +322,6 @@ def _stored_or_sampled(stats_root: Path, train_fn: Callable[[], FolderDataset | 
     return load
 
 
-def load_stats_file(path: str | os.PathLike) -> DatasetStats:
-    """Read statistics stored by ``alexnet data stats`` (untrusted: shapes are checked)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        stats = DatasetStats.from_tensors(load_file(str(path)))
-    except (OSError, SafetensorError, ValueError) as exc:
-        raise DatasetError(f"cannot read statistics {path}: {exc}") from None
-    shapes = {"mean": (3,), "std": (3,), "eigval": (3,), "eigvec": (3, 3)}
-    bad = [k for k, shape in shapes.items() if tuple(getattr(stats, k).shape) != shape]
-    mi = stats.mean_image
-    if mi is not None and (mi.dim() != 3 or mi.shape[0] != 3):
-        bad.append("mean_image")
-    if bad or not all(torch.isfinite(t).all() for t in stats.to_tensors().values() if t.is_floating_point()):
-        raise DatasetError(f"statistics {path} are malformed ({', '.join(bad) or 'non-finite values'})")
-    return stats
-
-
-def save_stats_file(stats: DatasetStats, path: str | os.PathLike) -> None:
-    from safetensors.torch import save_file
-
-    tmp = Path(str(path) + ".tmp")
-    save_file(stats.to_tensors(), str(tmp))
-    os.replace(tmp, path)
-
-
 def _is_class_dir(d: Path) -> bool:
     try:
         return any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir())
@@ -358,32 +329,21 @@ def _is_class_dir(d: Path) -> bool:
         return False
 
 
-def open_dataset(
-    path: str | os.PathLike,
+def open_folder(
+    root: Path,
     split: str | None = "train",
     *,
     image_size: int | None = None,
     validate: str = "header",
     ground_truth: str | os.PathLike | None = None,
-) -> Dataset:
-    """Open a prepared dataset, an ImageNet folder (``train/``, ``val/``), the official ILSVRC
-    validation folder, or a plain class-folder directory, as a dataset of
-    ``(uint8 [3, S, S], label)`` with ``.classes``, ``.class_names``, ``.image_size``,
-    ``.stats``, ``.bad_files`` and ``.path_of(i)``.
+) -> FolderDataset:
+    """One split of a folder dataset under ``root`` (an existing directory): the ImageNet
+    layout's ``root/split/<class>/``, the official flat ILSVRC validation folder, or a plain
+    class-folder directory (its only split is ``"train"``, or ``None``).
 
-    ``split=None`` opens ``path`` itself; a plain class-folder directory has only ``"train"``.
     Statistics come from the training split: stored ones if present, else a sample estimate.
+    Use :func:`alexnet.data.open_dataset`, which also recognises prepared datasets.
     """
-    root = Path(path)
-    if not root.exists():
-        raise DatasetError(f"dataset not found: {root}")
-    if not root.is_dir():
-        raise DatasetError(f"not a dataset directory: {root}")
-    if (root / INDEX_FILE).is_file():
-        from alexnet.data.prepared import PreparedDataset
-
-        return PreparedDataset(root, split or "train")
-
     split_dir = root / split if split else None
     if split_dir is not None and split_dir.is_dir():
         train_dir = root / "train"

@@ -20,6 +20,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -256,3 +257,55 @@ def make_loader(
     )
     loader.batch_sampler_ = sampler
     return loader
+
+
+# --------------------------------------------------------------------------- epoch batches
+
+
+class EpochBatches:
+    """One process's batches, epoch by epoch, over a loader that lives for the whole run.
+
+    ``make_loader`` deals a (seed, epoch)-determined order round-robin to the processes
+    (DistributedSampler's rule), so one process with a global batch of B x N sees exactly
+    the union of what N processes with batch B see, step by step; ``epoch(e, start)``
+    restarts it at batch ``start`` of epoch ``e`` (resume).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.loader = make_loader(
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=0,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+            drop_last=shuffle,
+            pin_memory=pin_memory,
+        )
+
+    @property
+    def per_epoch(self) -> int:
+        """Batches in a whole epoch."""
+        return self.loader.batches_per_epoch
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``epoch`` from batch ``start`` on."""
+        self.loader.set_epoch(epoch, start)
+        # Creating a DataLoader iterator draws a seed from the global RNG; fork it so that the
+        # RNG stream the model sees (dropout) does not depend on where an epoch was resumed.
+        with torch.random.fork_rng(devices=[]):
+            it = iter(self.loader)
+        yield from it

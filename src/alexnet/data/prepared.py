@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import multiprocessing.pool
 import os
@@ -45,29 +46,25 @@ from torch.utils.data import Dataset, get_worker_info
 from tqdm import tqdm
 
 from alexnet.data.decode import DecodeError, encode_jpeg, read_image, resize_center_crop
-from alexnet.data.folder import (
-    INDEX_FILE,
+from alexnet.data.folder import FolderDataset, open_folder
+from alexnet.data.stats import (
     STATS_FILE,
-    DatasetError,
-    FolderDataset,
+    DatasetStats,
+    StatsAccumulator,
     load_stats_file,
-    open_dataset,
+    sample_stats,
     save_stats_file,
 )
-from alexnet.data.stats import DatasetStats, StatsAccumulator, sample_stats
-from alexnet.errors import ShardCorruptError
+from alexnet.errors import DatasetError, ShardCorruptError
+from alexnet.files import atomic_target, atomic_write_text
 
+INDEX_FILE = "index.json"  # marks a prepared dataset
 FORMAT = "alexnet-prepared"
+log = logging.getLogger(__name__)
 VERSION = 1
 ENCODINGS = ("jpeg", "raw")
 SHARD_BYTES = 1 << 30  # target shard size when --shard-size is not given
 JPEG_BYTES_ESTIMATE = 1 / 8  # a q90 JPEG is about 1/8 of its raw size
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict:
@@ -173,16 +170,13 @@ def _source_splits(src: Path, only: Sequence[str] | None, size: int) -> dict[str
     found = [s for s in candidates if (src / s).is_dir()]
     out: dict[str, FolderDataset] = {}
     if not found:  # a plain class-folder directory: one split
-        ds = open_dataset(src, None, image_size=size, validate="none")
+        ds = open_folder(src, None, image_size=size, validate="none")
         out[(only or ["train"])[0]] = ds  # type: ignore[assignment]
         return out
     for s in only or found:
         if s not in found:
             raise DatasetError(f"{src} has no split {s!r} (found: {', '.join(found)})")
-        ds = open_dataset(src, s, image_size=size, validate="none")
-        if not isinstance(ds, FolderDataset):
-            raise DatasetError(f"{src}/{s}: not a folder dataset")
-        out[s] = ds
+        out[s] = open_folder(src, s, image_size=size, validate="none")
     return out
 
 
@@ -245,7 +239,7 @@ def prepare_dataset(
     out.mkdir(parents=True, exist_ok=True)
     if index_path.is_file():
         if _read_json(index_path).get("params") == params:
-            print(f"{out}: already prepared")
+            log.info("%s: already prepared", out)
             return _read_json(index_path)
         raise DatasetError(f"{out} holds a different prepared dataset; choose another OUT or delete it")
     if params_path.is_file():
@@ -254,7 +248,7 @@ def prepare_dataset(
                 f"{out} holds an interrupted preparation with other parameters or source files; delete it first"
             )
     else:
-        _atomic_write_text(params_path, json.dumps(params, indent=1))
+        atomic_write_text(params_path, json.dumps(params, indent=1))
     for tmp in out.glob("*.tmp"):
         tmp.unlink()
 
@@ -284,14 +278,7 @@ def prepare_dataset(
         pool.join()
         bar.close()
     index = _finalize(out, splits, params, class_names, jobs, stats_split if compute_statistics else None)
-    n_bad = sum(len(v["bad_files"]) for v in index["splits"].values())
-    counts = ", ".join(f"{s} {v['count']}" for s, v in index["splits"].items())
-    print(f"prepared {counts} images ({fmt}, {size}x{size}) in {time.time() - t0:.1f} s -> {out}")
-    if n_bad:
-        print(f"{n_bad} bad source files skipped (listed in {index_path}):")
-        for s, v in index["splits"].items():
-            for path, reason in v["bad_files"][:20]:
-                print(f"  [{s}] {path}: {reason}")
+    log.info("prepared %s in %.1f s", out, time.time() - t0)
     return index
 
 
@@ -331,12 +318,11 @@ def _write_shard(
     sidecar JSON last (its presence marks the shard complete)."""
     name = _shard_name(split, k)
     final = out / f"{name}.bin"
-    tmp = out / f"{name}.bin.tmp"
     h = hashlib.sha256()
     labels, lengths, sources, bad = [], [], [], []
     stats = _ShardStats(size) if want_stats else None
     nbytes = 0
-    with open(tmp, "wb") as f:
+    with atomic_target(final) as tmp, open(tmp, "wb") as f:
         work = [(path, label, want_stats) for path, label in items]
         for (path, _), (label, payload, reason, chw) in zip(items, pool.imap(_process, work, chunksize=8), strict=True):
             bar.update(1)
@@ -353,7 +339,6 @@ def _write_shard(
                 stats.update(chw)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, final)
     if stats is not None and stats.count:
         stats.save(out / f"{name}.stats.safetensors")
     meta = {
@@ -366,7 +351,7 @@ def _write_shard(
         "sources": sources,
         "bad_files": bad,
     }
-    _atomic_write_text(out / f"{name}.json", json.dumps(meta))
+    atomic_write_text(out / f"{name}.json", json.dumps(meta))
 
 
 def _finalize(out, splits, params, class_names, jobs, stats_split) -> dict:
@@ -405,13 +390,13 @@ def _finalize(out, splits, params, class_names, jobs, stats_split) -> dict:
                 stats_parts.append(out / f"{name}.stats.safetensors")
         np.save(out / f"{s}.items.npy", np.concatenate(items) if items else np.zeros((0, 3), np.int64))
         np.save(out / f"{s}.labels.npy", np.asarray(labels, np.int64))
-        _atomic_write_text(out / f"{s}.sources.json", json.dumps(sources))
+        atomic_write_text(out / f"{s}.sources.json", json.dumps(sources))
         index["splits"][s] = {"count": len(labels), "shards": shards, "bad_files": [list(b) for b in bad]}
     if stats_parts:
         stats = _ShardStats.merge(stats_parts, params["image_size"]).finish()
         save_stats_file(stats, out / STATS_FILE)
         index["stats"] = STATS_FILE
-    _atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=1))
+    atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=1))
     return index
 
 
@@ -502,10 +487,8 @@ class PreparedDataset(Dataset):
 
     def verify(self, progress: bool = False) -> None:
         """Check every shard's sha256 against the index; raises :class:`ShardCorruptError`."""
-        for s in self.shards:
+        for s in tqdm(self.shards, desc="verify", unit="shard", disable=not progress):
             path = self.root / s["file"]
-            if progress:
-                print(f"verifying {path} ...", flush=True)
             if sha256_file(path) != s["sha256"]:
                 raise ShardCorruptError(f"shard {path} is corrupted: sha256 does not match the index")
 
@@ -605,72 +588,8 @@ class PreparedDataset(Dataset):
         )
 
 
-# ---------------------------------------------------------------------- commands
-
-
-def stats_command(path: str | os.PathLike, split: str = "train", max_images: int | None = None) -> DatasetStats:
-    """``alexnet data stats DIR``: compute the mean image and RGB PCA of ``split`` and store
-    them as ``DIR/stats.safetensors`` (used by prepared and folder datasets alike)."""
-    root = Path(path)
-    ds = open_dataset(root, split)
-    t0 = time.time()
-    stats = ds.compute_stats(max_images)  # type: ignore[attr-defined]
-    save_stats_file(stats, root / STATS_FILE)
-    if (root / INDEX_FILE).is_file():
-        index = read_index(root)
-        index["stats"] = STATS_FILE
-        _atomic_write_text(root / INDEX_FILE, json.dumps(index, indent=1))
-    print(f"statistics of {stats.count} {split} images ({time.time() - t0:.1f} s) -> {root / STATS_FILE}")
-    print(_format_stats(stats))
-    return stats
-
-
-def _format_stats(stats: DatasetStats) -> str:
-    f = lambda t: "[" + ", ".join(f"{v:.4g}" for v in t.tolist()) + "]"  # noqa: E731
-    lines = [
-        f"  channel mean (0..255): {f(stats.mean)}   std: {f(stats.std)}",
-        f"  RGB PCA eigenvalues (0..1 scale): {f(stats.eigval)}",
-        "  eigenvectors (columns): " + "; ".join(f(r) for r in stats.eigvec),
-        f"  mean image: {'x'.join(map(str, stats.mean_image.shape[-2:])) if stats.mean_image is not None else 'none'}"
-        f", from {stats.count} images" + (" (ImageNet fallback constants)" if stats.count == 0 else ""),
-    ]
-    return "\n".join(lines)
-
-
-def info_command(path: str | os.PathLike, verify: bool = False) -> None:
-    """``alexnet data info DIR``: splits, counts, classes, statistics, bad files."""
-    root = Path(path)
-    if (root / INDEX_FILE).is_file():
-        index = read_index(root)
-        print(f"{root}: prepared dataset, {index['encoding']} {index['image_size']}x{index['image_size']}")
-        splits = list(index["splits"])
-    else:
-        splits = [s for s in ("train", "val", "test") if (root / s).is_dir()] or [None]
-        print(f"{root}: folder dataset")
-    first = None
-    for s in splits:
-        ds = open_dataset(root, s)
-        first = first or ds
-        extra = ""
-        if isinstance(ds, PreparedDataset):
-            total = sum(sh["bytes"] for sh in ds.shards)
-            extra = f", {len(ds.shards)} shards, {total / 2**20:.1f} MiB"
-            if verify:
-                ds.verify()
-                extra += ", checksums OK"
-        counts = np.bincount(np.asarray(ds.targets, dtype=np.int64), minlength=len(ds.classes))
-        print(
-            f"  {s or '(all)'}: {len(ds)} images, {len(ds.classes)} classes "
-            f"({counts.min() if len(counts) else 0}..{counts.max() if len(counts) else 0} per class), "
-            f"S={ds.image_size}{extra}, {len(ds.bad_files)} bad files"
-        )
-        for p, r in ds.bad_files[:10]:
-            print(f"    bad: {p}: {r}")
-    if first is None:
-        return
-    shown = ", ".join(f"{c} ({n})" if c != n else c for c, n in zip(first.classes[:8], first.class_names[:8], strict=True))
-    print(f"  classes: {shown}{', ...' if len(first.classes) > 8 else ''}")
-    stored = (root / STATS_FILE).is_file()
-    print(f"  statistics: {'stored in ' + str(root / STATS_FILE) if stored else 'not stored (run `alexnet data stats`)'}")
-    if stored:
-        print(_format_stats(load_stats_file(root / STATS_FILE)))
+def record_stats(root: Path) -> None:
+    """Name the stored ``stats.safetensors`` in the index of the prepared dataset at ``root``."""
+    index = read_index(root)
+    index["stats"] = STATS_FILE
+    atomic_write_text(root / INDEX_FILE, json.dumps(index, indent=1))

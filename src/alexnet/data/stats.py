@@ -8,12 +8,17 @@ a lighting shift is ``eigvec @ (alpha * eigval)`` in 0..1 units, times 255 on pi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from alexnet.data.sampling import spaced_indices
+from alexnet.errors import DatasetError
+from alexnet.files import atomic_target
 
 # Fallbacks when a dataset has no stored statistics (ImageNet, widely copied constants).
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -135,9 +140,8 @@ def sample_stats(dataset: Any, max_images: int | None = None, batch: int = 64) -
     n = len(dataset)
     if n == 0:
         return DatasetStats.imagenet_fallback()
-    m = n if max_images is None else min(n, max_images)
-    idx = [int(i * n / m) for i in range(m)]
-    return compute_stats(dataset.get_batch(idx[k : k + batch])[0] for k in range(0, m, batch))
+    idx = spaced_indices(n, max_images)
+    return compute_stats(dataset.get_batch(idx[k : k + batch])[0] for k in range(0, len(idx), batch))
 
 
 def compute_stats(batches: Iterable[Tensor]) -> DatasetStats:
@@ -146,3 +150,35 @@ def compute_stats(batches: Iterable[Tensor]) -> DatasetStats:
     for batch in batches:
         acc.update(batch)
     return acc.finish()
+
+
+# --------------------------------------------------------------------------- the stats file
+
+STATS_FILE = "stats.safetensors"  # a dataset's stored statistics, beside its splits (`alexnet data stats`)
+
+
+def load_stats_file(path: str | os.PathLike) -> DatasetStats:
+    """Read statistics stored by ``alexnet data stats`` (untrusted: shapes are checked)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        stats = DatasetStats.from_tensors(load_file(str(path)))
+    except (OSError, SafetensorError, ValueError) as exc:
+        raise DatasetError(f"cannot read statistics {path}: {exc}") from None
+    shapes = {"mean": (3,), "std": (3,), "eigval": (3,), "eigvec": (3, 3)}
+    bad = [k for k, shape in shapes.items() if tuple(getattr(stats, k).shape) != shape]
+    mi = stats.mean_image
+    if mi is not None and (mi.dim() != 3 or mi.shape[0] != 3):
+        bad.append("mean_image")
+    if bad or not all(torch.isfinite(t).all() for t in stats.to_tensors().values() if t.is_floating_point()):
+        raise DatasetError(f"statistics {path} are malformed ({', '.join(bad) or 'non-finite values'})")
+    return stats
+
+
+def save_stats_file(stats: DatasetStats, path: str | os.PathLike) -> None:
+    """Store statistics as safetensors, atomically (a crash never leaves a torn file)."""
+    from safetensors.torch import save_file
+
+    with atomic_target(path) as tmp:
+        save_file(stats.to_tensors(), str(tmp))

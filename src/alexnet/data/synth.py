@@ -27,17 +27,23 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from alexnet.data.home import data_home
+from alexnet.errors import DatasetError, DatasetExistsError
+
+log = logging.getLogger(__name__)
 
 VERSION = 2  # bump when the drawing changes: cached datasets are keyed by it (v2: less clutter, ±30° pose)
 DEFAULT_SEED = 0
@@ -543,16 +549,16 @@ def generate(
     Use :func:`ensure_embedded_dataset` for the atomic, cached variant.
     """
     if not 2 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"classes must be between 2 and {MAX_CLASSES}, got {num_classes}")
+        raise DatasetError(f"classes must be between 2 and {MAX_CLASSES}, got {num_classes}")
     if train_per_class < 1 or val_per_class < 0:
-        raise ValueError(
+        raise DatasetError(
             "need at least one training image per class and a non-negative validation count"
         )
     if not 16 <= size <= 1024:
-        raise ValueError(f"size must be between 16 and 1024 px, got {size}")
+        raise DatasetError(f"size must be between 16 and 1024 px, got {size}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty directory; choose a new one")
+        raise DatasetExistsError(f"{out} exists and is not an empty directory; choose a new one")
     out.mkdir(parents=True, exist_ok=True)
 
     chunk = 50  # small jobs keep both cores busy to the end
@@ -597,17 +603,6 @@ def generate(
 # --------------------------------------------------------------------------- the cached default
 
 
-def data_home() -> Path:
-    """Where the project caches datasets: ``$ALEXNET_DATA``, else ``$ALEXNET_HOME/data``,
-    else ``$XDG_CACHE_HOME/alexnet`` (default ``~/.cache/alexnet``)."""
-    if os.environ.get("ALEXNET_DATA"):
-        return Path(os.environ["ALEXNET_DATA"]).expanduser()
-    if os.environ.get("ALEXNET_HOME"):
-        return Path(os.environ["ALEXNET_HOME"]).expanduser() / "data"
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "alexnet"
-
-
 def embedded_dataset_path(seed: int = DEFAULT_SEED) -> Path:
     """The cache path of the default embedded dataset, e.g. ``~/.cache/alexnet/embedded-v2-seed0``."""
     return data_home() / f"embedded-v{VERSION}-seed{seed}"
@@ -636,7 +631,7 @@ def ensure_embedded_dataset(
     if is_complete(path):
         return path
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(
+        raise DatasetExistsError(
             f"{path} exists but holds no complete embedded dataset; remove it or choose another path"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -656,58 +651,8 @@ def ensure_embedded_dataset(
         except OSError:
             if not is_complete(path):  # lost a race to a complete dataset: fine; else a real error
                 raise
-        if progress:
-            print(f"generated the embedded dataset in {time.perf_counter() - t0:.1f} s: {path}")
+        log.info("generated the embedded dataset in %.1f s: %s", time.perf_counter() - t0, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def synth_command(
-    out: str,
-    seed: int = DEFAULT_SEED,
-    num_classes: int = DEFAULT_CLASSES,
-    train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
-    val_per_class: int = DEFAULT_VAL_PER_CLASS,
-    size: int = DEFAULT_SIZE,
-    workers: int | None = None,
-) -> None:
-    """The ``alexnet data synth`` handler: generate, then print what was written and how fast."""
-    from alexnet.cli import CLIError
-
-    t0 = time.perf_counter()
-    try:
-        generate(
-            out,
-            seed,
-            num_classes,
-            train_per_class,
-            val_per_class,
-            size,
-            workers=workers,
-            progress=True,
-        )
-    except (ValueError, FileExistsError) as exc:
-        raise CLIError(str(exc)) from exc
-    dt = time.perf_counter() - t0
-    total = num_classes * (train_per_class + val_per_class)
-    print(
-        f"wrote {total} images ({num_classes} classes, {train_per_class} train + {val_per_class} val each, "
-        f"{size}x{size} px) to {out} in {dt:.1f} s"
-    )
-
-
-def sample_grid(
-    seed: int = DEFAULT_SEED,
-    classes: Sequence[int] | None = None,
-    per_class: int = 8,
-    size: int = DEFAULT_SIZE,
-) -> Image.Image:
-    """A contact sheet (one row per class) of training images, for eyeballing the data."""
-    classes = list(classes) if classes is not None else list(range(DEFAULT_CLASSES))
-    sheet = Image.new("RGB", (per_class * size, len(classes) * size))
-    for row, c in enumerate(classes):
-        for i in range(per_class):
-            sheet.paste(render(c, _image_rng(seed, "train", c, i), size), (i * size, row * size))
-    return sheet

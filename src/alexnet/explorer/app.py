@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alexnet.explorer.engine import CONV_LAYERS, Analysis, Engine, ExplorerError
+from alexnet.runs import run_data
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -114,34 +114,6 @@ class UploadGate:
                 return await receive()
 
             await self.app(scope, replay, send)
-
-
-def guess_data(checkpoint: str | Path) -> Path | None:
-    """The dataset a run was trained on, from ``RUN/config.json`` next to its checkpoint.
-
-    ``"data": null`` in the config means the embedded synthetic dataset. A path that no
-    longer exists gives None (the explorer then works on uploads alone).
-    """
-    ck = Path(checkpoint).resolve()
-    for run in (ck.parent, ck.parent.parent):
-        cfg = run / "config.json"
-        if not cfg.is_file():
-            continue
-        try:
-            data = json.loads(cfg.read_text())["data"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if data is None:
-            from alexnet.data import synth
-
-            path = synth.embedded_dataset_path()
-            return path if synth.is_complete(path) else None
-        if isinstance(data, str):
-            for candidate in (Path(data), run / data):
-                if candidate.is_dir():
-                    return candidate
-        return None
-    return None
 
 
 def create_app(
@@ -342,13 +314,13 @@ def serve(
     import uvicorn
 
     if data is None:
-        data = guess_data(checkpoint)
+        data = run_data(checkpoint)
     app = create_app(checkpoint, data, **options)
     eng: Engine = app.state.engine
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
-    print(
-        f"explorer: {eng.meta.model} ({eng.meta.num_classes} classes), "
-        f"data: {eng.data or 'none (upload images)'}, gallery: {len(eng.gallery)} images"
+    log.info(
+        "explorer: %s (%d classes), data: %s, gallery: %d images",
+        eng.meta.model, eng.meta.num_classes, eng.data or "none (upload images)", len(eng.gallery),
     )
-    print(f"open http://{shown}:{port}/  (API docs: http://{shown}:{port}/docs)")
+    log.info("open http://%s:%d/  (API docs: http://%s:%d/docs)", shown, port, shown, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

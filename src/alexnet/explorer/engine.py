@@ -35,6 +35,8 @@ from torch import Tensor, nn
 
 from alexnet.checkpoint import ModelMeta, load_model
 from alexnet.data.decode import DecodeError, decode_image, encode_jpeg, resize_center_crop
+from alexnet.data.sampling import spaced_indices
+from alexnet.devices import resolve_device
 from alexnet.errors import ExplorerError
 
 log = logging.getLogger(__name__)
@@ -134,7 +136,7 @@ def open_split(root: Path, split: str | None, image_size: int) -> Any | None:
     Files are checked when they are read (a bad one is skipped by the dataset), so that
     opening even a large folder stays quick.
     """
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
 
     try:
         ds = open_dataset(root, split, image_size=image_size, validate="none")
@@ -142,13 +144,6 @@ def open_split(root: Path, split: str | None, image_size: int) -> Any | None:
         log.info("no %s split in %s: %s", split, root, exc)
         return None
     return ds if len(ds) else None
-
-
-def spread(n: int, m: int) -> list[int]:
-    """``m`` indices spread evenly over ``range(n)``: class-sorted datasets give every class a turn."""
-    if m >= n:
-        return list(range(n))
-    return sorted({int(i) for i in np.linspace(0, n - 1, m)})
 
 
 def _targets(ds: Any) -> Sequence[int] | None:
@@ -163,7 +158,7 @@ def class_balanced(ds: Any, m: int) -> list[int]:
     """Up to ``m`` indices taking classes in turn (one image of each class before any second)."""
     targets = _targets(ds)
     if targets is None:
-        return spread(len(ds), m)
+        return spaced_indices(len(ds), m)
     by_class: dict[int, list[int]] = {}
     for i, t in enumerate(targets):
         by_class.setdefault(int(t), []).append(i)
@@ -266,7 +261,7 @@ class Engine:
         device: str | torch.device = "cpu",
     ) -> None:
         self.model, self.meta = model.eval(), meta
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.transform = meta.eval_transform().to(self.device)
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.data = None if data is None else Path(data)

@@ -85,7 +85,7 @@ def run_demo(
 ) -> TrainResult:
     """Run the demo; returns the training result. ``minutes`` bounds the training time."""
     t_start = time.perf_counter()
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
 
     if data is None:
         from alexnet.data.synth import ensure_embedded_dataset

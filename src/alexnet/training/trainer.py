@@ -53,10 +53,11 @@ from alexnet.checkpoint import (
     save_checkpoint,
     save_safetensors,
 )
+from alexnet.data.loader import EpochBatches
+from alexnet.data.splits import open_splits
 from alexnet.errors import TrainingError
 from alexnet.training import distributed as D
 from alexnet.training.config import ConfigError, TrainConfig
-from alexnet.training.data import EpochBatches, open_splits
 from alexnet.training.schedules import LRSchedule
 
 

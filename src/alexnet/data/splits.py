@@ -1,21 +1,23 @@
-"""The training engine's view of the data: splits, held-out validation, and epoch batches.
+"""Training and validation splits: a validation split held out of ``train`` when a dataset
+has none (CIFAR-10 folders ship without one), and subsets that keep their dataset's attributes.
 
-A thin adapter over :mod:`alexnet.data` (``open_dataset``, ``make_loader``) that adds what
-the loop needs: a validation split held out of ``train`` when a dataset has none (CIFAR-10
-folders ship without one), and the batches of one epoch starting at a given batch, so that
-a resumed run sees exactly the batches the interrupted one had left.
+Training, the report and the explorer all split a run's data the same way through
+:func:`open_splits`, so "the validation images" mean the same images everywhere.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from alexnet.data.dataset import open_dataset
+from alexnet.errors import DatasetError
 
 
 class HeldOut(Dataset):
@@ -99,8 +101,6 @@ def _same_data(a: Any, b: Any) -> bool:
 
 def open_splits(path: str | Path, val_split: str, val_fraction: float) -> tuple[Any, Any, bool]:
     """(train, val, held_out) for a dataset path; ``held_out``: val was carved out of train."""
-    from alexnet.data.folder import DatasetError, open_dataset
-
     train = open_dataset(path, "train")
     try:
         val = open_dataset(path, val_split)
@@ -110,59 +110,5 @@ def open_splits(path: str | Path, val_split: str, val_fraction: float) -> tuple[
         train, val = hold_out(train, val_fraction)
         return train, val, True
     if list(val.classes) != list(train.classes):
-        raise ValueError(f"{path}: the {val_split!r} split's classes differ from the training split's")
+        raise DatasetError(f"{path}: the {val_split!r} split's classes differ from the training split's")
     return train, val, False
-
-
-# --------------------------------------------------------------------------- epoch batches
-
-
-class EpochBatches:
-    """One process's batches, epoch by epoch, over a loader that lives for the whole run.
-
-    ``make_loader`` deals a (seed, epoch)-determined order round-robin to the processes
-    (DistributedSampler's rule), so one process with a global batch of B x N sees exactly
-    the union of what N processes with batch B see, step by step; ``epoch(e, start)``
-    restarts it at batch ``start`` of epoch ``e`` (resume).
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-    ) -> None:
-        from alexnet.data.loader import make_loader
-
-        self.loader = make_loader(
-            dataset,
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            epoch=0,
-            rank=rank,
-            world_size=world_size,
-            num_workers=num_workers,
-            drop_last=shuffle,
-            pin_memory=pin_memory,
-        )
-
-    @property
-    def per_epoch(self) -> int:
-        """Batches in a whole epoch."""
-        return self.loader.batches_per_epoch
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches of ``epoch`` from batch ``start`` on."""
-        self.loader.set_epoch(epoch, start)
-        # Creating a DataLoader iterator draws a seed from the global RNG; fork it so that the
-        # RNG stream the model sees (dropout) does not depend on where an epoch was resumed.
-        with torch.random.fork_rng(devices=[]):
-            it = iter(self.loader)
-        yield from it
