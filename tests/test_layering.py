@@ -111,7 +111,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if d.startswith(m + "."):
                 continue
             if state.get(d) == 1:
-                return path[path.index(d):] + [d]
+                return [*path[path.index(d) :], d]
             if d not in state and (cycle := visit(d)):
                 return cycle
         state[m] = 2
