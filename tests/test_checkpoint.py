@@ -130,3 +130,47 @@ def test_wrong_weights_are_explained(tmp_path: Path) -> None:
     torch.save({"layer.weight": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="neither"):
         load_model(path)
+
+
+def _evil_pickle(protocol: int) -> bytes:
+    return pickle.dumps({"model": _Evil()}, protocol=protocol)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"garbage", "not a checkpoint (unreadable archive)"),
+        (bytes(range(256)) * 20, "not a checkpoint (unreadable archive)"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "not a checkpoint (unreadable archive)"),
+        (pickle.dumps({"a": 1}, protocol=2), "not a checkpoint (unreadable archive)"),
+        (b"PK\x03\x04 cut short", "truncated or corrupt"),
+        (_evil_pickle(2), "possibly malicious code"),
+        (_evil_pickle(4), "possibly malicious code"),
+        (_evil_pickle(5), "possibly malicious code"),
+    ],
+    ids=["7-bytes", "random", "png", "plain-pickle", "cut-zip", "evil-p2", "evil-p4", "evil-p5"],
+)
+def test_a_bad_file_is_named_for_what_it_is(tmp_path: Path, content: bytes, said: str) -> None:
+    """Garbage is 'not a checkpoint', a damaged archive is 'corrupt', and only a pickle that
+    would import a callable is called possibly malicious (naming what it would call)."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert said in message
+    assert ("malicious" in message) == (said == "possibly malicious code")
+    if "malicious" in message:
+        assert "system" in message  # names the callable it refused
+    assert "Weights only load failed" not in message and "\n" not in message  # one line, ours
+
+
+@pytest.mark.reliability
+def test_a_truncated_real_checkpoint_is_corrupt(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = save_checkpoint(tmp_path / "ck.pt", tiny_model.state_dict(), tiny_meta())
+    data = path.read_bytes()
+    for cut in (len(data) // 3, len(data) - 10):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated or corrupt"):
+            load_checkpoint(path)

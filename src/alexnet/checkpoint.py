@@ -24,8 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import pickle
-import zipfile
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +153,33 @@ def save_checkpoint(
 # --------------------------------------------------------------------------- reading
 
 
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _pickle_globals(path: Path, limit: int = 1 << 20) -> list[str] | None:
+    """The callables a bare pickle file would import (its ``GLOBAL`` / ``STACK_GLOBAL``
+    opcodes), without running it; None if the file is not a pickle stream at all."""
+    import pickletools
+
+    data = path.read_bytes()[:limit]
+    if not data or data[0] != 0x80:  # every pickle torch or Python writes starts with PROTO
+        return None
+    found, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(str(arg))
+            elif op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                found.append(".".join(strings[-2:]))
+            if op.name == "STOP":
+                break
+    except (ValueError, IndexError, TypeError, UnicodeDecodeError):
+        return found or None
+    return found
+
+
 def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -161,15 +187,19 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refused to load {path}: it contains objects other than tensors and plain data "
-            f"(possibly malicious code); only weights_only checkpoints are accepted ({exc})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {exc}") from None
-    except Exception as exc:  # the unpickler raises KeyError, IndexError, ... on arbitrary bytes
-        raise CheckpointError(f"{path} is not a checkpoint (unreadable as one: {type(exc).__name__})") from None
+    except Exception as exc:  # the unpickler raises anything on arbitrary bytes: say what the file is
+        with open(path, "rb") as f:
+            head = f.read(4)
+        named = _GLOBAL_RE.findall(str(exc)) or (_pickle_globals(path) if head[:1] == b"\x80" else None) or []
+        if named:
+            raise CheckpointError(
+                f"refused to load {path}: it contains objects other than tensors and plain data "
+                f"({', '.join(sorted(set(named)))}: possibly malicious code); only weights_only checkpoints "
+                f"are accepted"
+            ) from None
+        if head == b"PK\x03\x04":  # a zip archive, as torch.save writes: damaged on the way
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__})") from None
+        raise CheckpointError(f"{path} is not a checkpoint (unreadable archive)") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
