@@ -142,7 +142,9 @@ def test_cli_neighbors_builds_then_reuses_the_index(tiny_run: TinyRun, tmp_path:
     query = str(next((tiny_run.data / "val").glob("*/*.jpg")))
     ix = tmp_path / "index"
     ck = str(tiny_run.checkpoint)
-    assert main(["neighbors", "--checkpoint", ck, "--index", str(ix), "--query", query]) == 2  # no --data
+    loose = tmp_path / "loose.pt"  # a checkpoint outside any run: no dataset to default to
+    loose.write_bytes(tiny_run.checkpoint.read_bytes())
+    assert main(["neighbors", "--checkpoint", str(loose), "--index", str(ix), "--query", query]) == 2  # no --data
     assert "--data" in capsys.readouterr().err
     assert main(["neighbors", "--checkpoint", ck, "--index", str(ix), "--query", query, "--data",
                  str(tiny_run.data), "--json", "--workers", "0"]) == 0
@@ -156,6 +158,14 @@ def test_cli_neighbors_builds_then_reuses_the_index(tiny_run: TinyRun, tmp_path:
     assert len(second[0]["neighbours"]) == 3
     assert main(["neighbors", "--checkpoint", ck, "--index", str(ix), "--query", str(tmp_path / "no.jpg")]) == 1
     capsys.readouterr()
+    # The run's own dataset is the default (issue 18): a fresh index from the run directory alone.
+    assert main(["neighbors", "--checkpoint", str(tiny_run.run_dir), "--index",
+                 str(tmp_path / "index2"), "--query", query, "--json", "--workers", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["neighbours"] == first[0]["neighbours"]
+    # Hamming distances are whole numbers of bits, printed as such.
+    assert main(["neighbors", "--checkpoint", ck, "--index", str(ix), "--query", query, "--binary"]) == 0
+    rows = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert rows and all(r.isdigit() for r in rows)
 
     # Other weights (same architecture) would give other features: the index is refused.
     model, meta = load_model(tiny_run.checkpoint)

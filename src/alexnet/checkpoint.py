@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from alexnet.data.stats import DatasetStats
 from alexnet.errors import CheckpointError
 from alexnet.files import atomic_write_bytes
-from alexnet.models import create_model
+from alexnet.models import create_model, model_info
 
 FORMAT = "alexnet-checkpoint"
 VERSION = 1
@@ -86,6 +86,25 @@ class ModelMeta:
         """A freshly initialised model of this architecture."""
         options = {k: v for k, v in self.options.items() if k != "devices"}
         return create_model(self.model, num_classes=self.num_classes, **options).to(device)
+
+    def num_params(self) -> int:
+        """Parameters of this exact configuration (computed on the meta device: no memory)."""
+        options = {k: v for k, v in self.options.items() if k != "devices"}
+        return model_info(self.model).num_params(self.num_classes, **options)
+
+    def describe(self) -> str:
+        """The model as it really is, in one line: name, options, parameters, input, classes.
+
+        ``alexnet_small`` at its defaults and the demo's 56 px batch-norm variant differ
+        by 25x in parameters; wherever a model is presented, this line says which it is.
+        """
+        options = {k: v for k, v in self.options.items() if k != "devices"}
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(options.items()))
+        norm = "mean image subtracted" if self.norm_mode == "image" else "normalised per channel"
+        return (
+            f"{self.model}({shown}): {self.num_params():,} parameters, {self.input_size}x{self.input_size} input "
+            f"cropped from {self.image_size}x{self.image_size} images ({norm}), {self.num_classes} classes"
+        )
 
     def eval_transform(self, ten_crop: bool = False):
         """The test-time transform (uint8 [B,3,S,S] -> normalised crops) for this model."""

@@ -30,6 +30,27 @@ def load(path: str, device: Any) -> tuple[Any, Any]:
     return load_model(model_path(path), device)
 
 
+def checkpoint_of(args: argparse.Namespace) -> str:
+    """The model a command is given: ``--checkpoint``, or the positional ``MODEL`` (either a
+    model file or a run directory)."""
+    given = [v for v in (getattr(args, "model", None), args.checkpoint) if v is not None]
+    if len(given) != 1:
+        raise UsageError("give the model once: a run directory or model file, as MODEL or --checkpoint")
+    return given[0]
+
+
+def data_of(args: argparse.Namespace, model: str) -> str:
+    """``--data``, else the dataset the model's run was trained on (its ``config.json``)."""
+    if args.data is not None:
+        return args.data
+    from alexnet.runs import run_data
+
+    data = run_data(model)
+    if data is None:
+        raise UsageError(f"{model}: no run config.json naming an existing dataset beside it; pass --data DIR")
+    return str(data)
+
+
 def device_of(args: argparse.Namespace) -> Any:
     from alexnet.devices import resolve_device
 
@@ -44,11 +65,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from alexnet.evaluation import evaluate
 
     device = device_of(args)
-    paths = [args.checkpoint, *(args.ensemble or [])]
+    paths = [checkpoint_of(args), *(args.ensemble or [])]
+    data = data_of(args, paths[0])
     models = [load(p, device) for p in paths]
-    dataset = open_dataset(args.data, args.split)
+    dataset = open_dataset(data, args.split)
     if len(dataset) == 0:
-        raise EvaluationError(f"{args.data} ({args.split}): no images")
+        raise EvaluationError(f"{data} ({args.split}): no images")
     start = time.perf_counter()
     result = evaluate(
         models,
@@ -62,6 +84,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - start
     if args.json != "-":
+        for path, (_, meta) in zip(paths, models, strict=True):
+            print(f"model: {meta.describe()}  [{path}]")
+        print(f"data: {data} ({args.split})\n")
         print(result.format_table(max_classes=args.show_classes))
         print(f"\n{result.num_images / seconds:,.0f} images/s on {device} ({seconds:.1f} s)")
     bad = getattr(dataset, "bad_files", [])
@@ -69,7 +94,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         warn(f"{len(bad)} unreadable file(s) skipped, e.g. {bad[0][0]} ({bad[0][1]})")
     if args.json:
         doc = result.to_dict(confusion=True) | {
-            "data": str(args.data),
+            "data": str(data),
+            "models": [meta.describe() for _, meta in models],
             "split": args.split,
             "seconds": seconds,
             "bad_files": [list(b) for b in bad],
@@ -86,10 +112,12 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "dataset split: centre crop or the paper's ten crops (softmax averaged over the patches); "
         "--ensemble averages the softmax over several models, as the paper's 5-CNN result.",
     )
-    p.add_argument("--checkpoint", required=True, type=model_file,
+    p.add_argument("model", nargs="?", type=model_file, metavar="MODEL",
+                   help="a run directory (its best checkpoint) or a model file; or use --checkpoint")
+    p.add_argument("--checkpoint", type=model_file,
                    help="model file (.pt checkpoint, .safetensors, torchvision .pth) or a run directory")
-    p.add_argument("--data", required=True, type=existing_dir,
-                   help="dataset: prepared, ImageNet layout (class folders or ILSVRC val), class folders")
+    p.add_argument("--data", type=existing_dir, help="dataset: prepared, ImageNet layout (class folders or ILSVRC "
+                   "val), class folders (default: the dataset of the model's run)")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: centre crop; 10: corners + centre, mirrored")
     p.add_argument("--ensemble", nargs="+", metavar="CK", type=model_file, help="more checkpoints to average with --checkpoint")
@@ -146,6 +174,11 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
     device = device_of(args)
     model, meta = load(args.checkpoint, device)
+    if args.data is None and not (Path(args.index) / "index.json").is_file():
+        from alexnet.runs import run_data
+
+        found = run_data(args.checkpoint)
+        args.data = None if found is None else str(found)
     index_dir = Path(args.index)
     index = None
     if not args.rebuild and (index_dir / "index.json").is_file():
@@ -203,8 +236,10 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
                 warn(f"error: {r['error']}")
                 continue
             print(f"{r['query']}  ({mode}, {r['seconds'] * 1e3:.2f} ms over {len(index):,} images)")
+            exact = not args.binary or args.rerank  # re-ranked distances are exact Euclidean ones
             for i, n in enumerate(r["neighbours"], 1):
-                print(f"  {i}. {n['distance']:9.3f}  {n['class']:<24}  {n['path']}")
+                distance = f"{n['distance']:9.3f}" if exact else f"{round(n['distance']):>9d}"  # Hamming: bits
+                print(f"  {i}. {distance}  {n['class']:<24}  {n['path']}")
     return 1 if failed else 0
 
 
@@ -219,7 +254,8 @@ def add_neighbors(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, type=new_dir, help="directory of the feature index (created if missing)")
     p.add_argument("--query", required=True, nargs="+", help="query image file(s)")
     p.add_argument("-k", type=POSITIVE, default=6, help="neighbours per query (default 6, as in the paper)")
-    p.add_argument("--data", default=None, type=existing_dir, help="dataset to index when --index holds none")
+    p.add_argument("--data", default=None, type=existing_dir,
+                   help="dataset to index when --index holds none (default: the dataset of the model's run)")
     p.add_argument("--split", default="train", help="split to index (default train)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the index from --data")
     p.add_argument("--limit", type=POSITIVE, default=None, help="index at most this many images (evenly spaced)")
@@ -241,6 +277,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = device_of(args)
     model, meta = load(args.checkpoint, device)
     results = predict_files(model, meta, args.images, k=args.k, crops=args.crops, device=device)
+    if not args.json:
+        print(f"model: {meta.describe()}")
     failed = sum("error" in r for r in results)
     if args.json:
         doc = [

@@ -92,14 +92,25 @@ def add_stats(dsub: argparse._SubParsersAction) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from alexnet.data.dataset import describe_dataset
+    import sys
 
-    info = describe_dataset(args.dir, verify=args.verify)
+    from alexnet.data.dataset import describe_dataset
+    from alexnet.errors import DatasetError
+    from alexnet.runs import RunPaths, run_data
+
+    if (run := RunPaths.of(args.dir)) is not None:
+        data = run_data(run.root)
+        if data is None:
+            raise DatasetError(f"{args.dir} is a training run directory, not a dataset, and the dataset it was "
+                               f"trained on is not found")
+        print(f"{args.dir} is a training run directory, not a dataset; it was trained on {data}:")
+        args.dir = str(data)
+    info = describe_dataset(args.dir, verify=args.verify, progress=args.verify and sys.stderr.isatty())
     print(f"{info.root}: {info.kind} dataset" + (f", {info.encoding}" if info.encoding else ""))
     for s in info.splits:
         ds, counts = s.dataset, s.per_class
         extra = f", {s.shards} shards, {s.megabytes:.1f} MiB" if s.shards else ""
-        extra += ", checksums OK" if s.verified else ""
+        extra += f", {s.verified}" if s.verified else ""
         print(
             f"  {s.name or '(all)'}: {len(ds)} images, {len(ds.classes)} classes "
             f"({min(counts, default=0)}..{max(counts, default=0)} per class), "
@@ -122,7 +133,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def add_info(dsub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("info", help="print a dataset's splits, counts, classes and statistics")
     p.add_argument("dir", type=existing_dir, help="prepared dataset or folder dataset")
-    p.add_argument("--verify", action="store_true", help="verify every shard's sha256 checksum")
+    p.add_argument("--verify", action="store_true",
+                   help="prepared: check every shard's sha256 checksum; folder: decode every file")
     p.set_defaults(func=cmd_info)
 
 

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from torch import Tensor
 
-from alexnet.data.folder import open_folder
+from alexnet.data.folder import FolderDataset, open_folder
 from alexnet.data.prepared import INDEX_FILE, PreparedDataset, read_index, record_stats
 from alexnet.data.stats import STATS_FILE, DatasetStats, load_stats_file, save_stats_file
 from alexnet.errors import DatasetError
@@ -110,7 +110,7 @@ class SplitInfo:
     per_class: list[int]
     shards: int = 0  # prepared datasets
     megabytes: float = 0.0
-    verified: bool = False
+    verified: str = ""  # what --verify checked, e.g. "checksums OK" or "every file decoded"
 
 
 @dataclass
@@ -128,9 +128,10 @@ class DatasetInfo:
         return self.root / STATS_FILE
 
 
-def describe_dataset(path: str | os.PathLike, verify: bool = False) -> DatasetInfo:
+def describe_dataset(path: str | os.PathLike, verify: bool = False, progress: bool = False) -> DatasetInfo:
     """Open every split of the dataset at ``path`` and collect counts, classes and stored
-    statistics; ``verify`` checks every shard's checksum of a prepared dataset."""
+    statistics. ``verify`` checks every shard's checksum of a prepared dataset, and decodes
+    every file of a folder dataset (listing the unreadable ones in its ``bad_files``)."""
     root = Path(path)
     if (root / INDEX_FILE).is_file():
         index = read_index(root)
@@ -141,14 +142,18 @@ def describe_dataset(path: str | os.PathLike, verify: bool = False) -> DatasetIn
         names = [s for s in ("train", "val", "test") if (root / s).is_dir()] or [None]
     for name in names:
         ds = open_dataset(root, name)
+        verified = ""
+        if verify and isinstance(ds, FolderDataset):
+            found = ds.verify(progress)
+            verified = f"every file decoded ({found} unreadable)" if found else "every file decodes"
         counts = np.bincount(np.asarray(ds.targets, dtype=np.int64), minlength=len(ds.classes))  # type: ignore[attr-defined]
-        split = SplitInfo(name, ds, counts.tolist())
+        split = SplitInfo(name, ds, counts.tolist(), verified=verified)
         if isinstance(ds, PreparedDataset):
             split.shards = len(ds.shards)
             split.megabytes = sum(sh["bytes"] for sh in ds.shards) / 2**20
             if verify:
-                ds.verify()
-                split.verified = True
+                ds.verify(progress)
+                split.verified = "checksums OK"
         info.splits.append(split)
     if info.stats_path.is_file():
         info.stats = load_stats_file(info.stats_path)

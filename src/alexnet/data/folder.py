@@ -159,6 +159,23 @@ class FolderDataset(Dataset):
                     warnings.warn(f"skipping bad image {entry[0]} ({exc})", stacklevel=2)
         raise RuntimeError(f"no decodable image among 64 items from index {i}")
 
+    def verify(self, progress: bool = False) -> int:
+        """Decode every file (the header probe at opening does not see damaged pixel data);
+        unreadable ones are left out and listed in ``bad_files``. Returns how many were found."""
+        from tqdm import tqdm
+
+        good, found = [], 0
+        for p, y in tqdm(self.samples, desc="verify", unit="img", disable=not progress):
+            try:
+                load_resized(p, self.image_size)
+                good.append((p, y))
+            except DecodeError as exc:
+                found += 1
+                if (str(p), exc.reason) not in self.bad_files:
+                    self.bad_files.append((str(p), exc.reason))
+        self.samples = good
+        return found
+
     def get_batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         """``(uint8 [B, 3, S, S], int64 [B])`` for a list of indices."""
         items = [self[i] for i in indices]

@@ -40,7 +40,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from alexnet.data.folder import STATS_SAMPLE, open_folder
 from alexnet.data.home import data_home
+from alexnet.data.stats import STATS_FILE, save_stats_file
 from alexnet.errors import DatasetError, DatasetExistsError
 
 log = logging.getLogger(__name__)
@@ -644,6 +646,10 @@ def ensure_embedded_dataset(
     try:
         t0 = time.perf_counter()
         generate(tmp, seed=seed, progress=progress, **options)
+        # Store the statistics training would otherwise estimate on every run (the same
+        # sample, so the same values), so `data info` shows them for the default dataset too.
+        train = open_folder(tmp, "train", validate="none")
+        save_stats_file(train.compute_stats(STATS_SAMPLE), tmp / STATS_FILE)
         try:
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
