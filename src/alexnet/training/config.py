@@ -1,8 +1,10 @@
 """Training configuration: one dataclass, named presets, files and command-line overrides.
 
 Precedence, lowest first: the dataclass defaults (the paper's recipe) < a preset < a
-TOML/YAML file < command-line flags. Every value from outside is checked against the
-field's type; unknown keys and wrong types are :class:`ConfigError`\\ s that name the key.
+TOML/YAML/JSON file < command-line flags < ``--set key=value`` (:func:`resolve`). Every value
+goes through :func:`check_value`, the one place for types and ranges: unknown keys, wrong
+types, values out of range and non-finite numbers are :class:`ConfigError`\\ s that name
+the key. Files are bounded (1 MiB, no YAML aliases) so a hostile one cannot expand.
 
 The learning-rate rule for data-parallel runs: ``batch_size`` is per process, the global
 batch is ``batch_size x world_size``, and ``lr`` is used as given. To keep the paper's
@@ -16,6 +18,7 @@ import dataclasses
 import difflib
 import json
 import math
+import numbers
 import tomllib
 import types
 import typing
@@ -202,17 +205,14 @@ def _choice(options: tuple[str, ...]) -> Rule:
     return (lambda v: v in options, f"expected one of {', '.join(options)}")
 
 
-def _nonempty_path() -> Rule:
-    return (lambda v: v.strip() != "", "must not be empty")
-
-
 # key -> rule, applied after the type check to values other than None.
 _RULES: dict[str, Rule] = {
-    "data": _nonempty_path(),
+    "data": (lambda v: v.strip() != "", "must not be empty"),
     "model": (lambda v: v in _model_names(), lambda: f"unknown model; choose from {', '.join(_model_names())}"),
     "crop": (lambda v: v >= 8, "must be at least 8"),
     "norm_mode": _choice(NORM_MODES),
     "lighting": (lambda v: v >= 0, "must be >= 0"),
+    "val_split": (lambda v: v.strip() != "", "must not be empty"),
     "val_fraction": (lambda v: 0 < v < 1, "must be in (0, 1)"),
     "epochs": (lambda v: v >= 1, "must be at least 1"),
     "batch_size": (lambda v: v >= 1, "must be at least 1"),
@@ -238,12 +238,13 @@ _RULES: dict[str, Rule] = {
     "split_devices": (lambda v: all(_is_device(d) for d in v), "expected torch devices such as cuda:0,cuda:1"),
     "num_workers": (lambda v: 0 <= v <= 256, "must be in [0, 256]"),
     "seed": (lambda v: v >= 0, "must be >= 0"),
-    "out": _nonempty_path(),
+    "out": (lambda v: v.strip() != "", "must not be empty"),
     "log_every": (lambda v: v >= 1, "must be at least 1"),
     "checkpoint_every": (lambda v: v >= 0, "must be >= 0 (0: only at epoch ends)"),
     "checkpoint_minutes": (lambda v: v >= 0, "must be >= 0 (0: off)"),
     "max_steps": (lambda v: v >= 1, "must be at least 1"),
     "time_limit_minutes": (lambda v: v > 0, "must be > 0"),
+    "preset": (lambda v: v in PRESETS, f"expected one of {', '.join(PRESETS)}"),
 }
 
 
@@ -284,8 +285,10 @@ def _type_name(tp: Any) -> str:
 def _number(key: str, value: Any, tp: type) -> int | float:
     """``value`` as an int or a finite float; numeric strings count (YAML 1.1 reads 1e-3 as one)."""
     bad = ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {_show(value)} ({type(value).__name__})")
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | str):
         raise bad
+    if isinstance(value, numbers.Integral):  # NumPy integers too
+        value = int(value)
     if isinstance(value, str):
         try:
             value = int(value)  # exact for long integers, which float() would round
