@@ -236,6 +236,7 @@ _RULES: dict[str, Rule] = {
     "device": (lambda v: _is_device(v, auto=True), "expected auto, cpu, cuda, cuda:N or another torch device"),
     "amp": _choice(AMP_MODES),
     "split_devices": (lambda v: all(_is_device(d) for d in v), "expected torch devices such as cuda:0,cuda:1"),
+    # each worker is a process: a bound keeps a typo (or a hostile file) from forking thousands
     "num_workers": (lambda v: 0 <= v <= 256, "must be in [0, 256]"),
     "seed": (lambda v: v >= 0, "must be >= 0"),
     "out": (lambda v: v.strip() != "", "must not be empty"),
