@@ -8,7 +8,15 @@ import math
 import pytest
 
 from alexnet.cli import main
-from alexnet.training.config import PRESETS, ConfigError, TrainConfig, from_dict, preset, resolve
+from alexnet.training.config import (
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    from_dict,
+    parse_override,
+    preset,
+    resolve,
+)
 from alexnet.training.schedules import LRSchedule
 
 
@@ -61,6 +69,62 @@ def test_precedence_preset_file_overrides(tmp_path):
     yaml_file.write_text("epochs: 3\nschedule: cosine\nwarmup_epochs: 1\n")
     cfg = resolve("imagenet-paper", yaml_file)
     assert (cfg.epochs, cfg.schedule, cfg.warmup_epochs, cfg.model) == (3, "cosine", 1.0, "alexnet")
+
+
+def test_documented_order_preset_file_flags_set(tmp_path):
+    """preset < file < flags < --set, as `alexnet train --help` says."""
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "cifar10"\nepochs = 7\nlr = 0.2\nbatch_size = 16\nseed = 5\n')
+    flags = {"epochs": 1, "batch_size": 32, "lr": None}  # None: a flag not given
+    sets = dict(parse_override(s) for s in ["epochs=2", "crop=", "schedule=cosine"])
+    cfg = resolve(None, toml, flags, sets=sets)
+    assert cfg.epochs == 2  # --set beats the flag
+    assert cfg.batch_size == 32  # the flag beats the file
+    assert cfg.lr == 0.2 and cfg.seed == 5  # the file beats the preset; an absent flag changes nothing
+    assert cfg.crop is None  # an empty --set value is null, not "not given"
+    assert cfg.schedule == "cosine" and cfg.model == "alexnet_small" and cfg.preset == "cifar10"
+    # the preset: --set preset beats --preset beats the file's beats the default
+    assert resolve("demo", toml, sets={"preset": "imagenet-paper"}).preset == "imagenet-paper"
+    assert resolve("demo", toml).preset == "demo"
+    assert resolve(None, None, default_preset="demo").preset == "demo"
+
+
+def test_default_preset_may_depend_on_the_data_the_layers_settle_on(tmp_path):
+    seen = []
+
+    def pick(data):
+        seen.append(data)
+        return "cifar10" if data == "cifar" else "demo"
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('data = "from-file"\n')
+    assert resolve(None, toml, {"data": "flag"}, default_preset=pick, sets={"data": "cifar"}).preset == "cifar10"
+    assert resolve(None, toml, {"data": None}, default_preset=pick).data == "from-file"
+    assert seen == ["cifar", "from-file"]
+    assert resolve("imagenet-paper", toml, default_preset=pick).preset == "imagenet-paper"
+    assert len(seen) == 2  # not asked when a preset is named
+
+
+@pytest.mark.parametrize("text", ["lr: 1e-3\n", "lr: 1E-3\n", "lr = 1e-3\n", '{"lr": 1e-3}'])
+def test_exponent_floats_read_as_numbers_in_files(tmp_path, text):
+    suffix = ".yaml" if ":" in text and "{" not in text else ".json" if "{" in text else ".toml"
+    path = tmp_path / f"run{suffix}"
+    path.write_text(text)
+    assert resolve("demo", path).lr == 1e-3
+
+
+@pytest.mark.parametrize(("item", "stored"), [("lr=1e-3", 1e-3), ("weight-decay=5e-4", 5e-4), ("max_steps=1e3", 1000)])
+def test_exponent_floats_read_as_numbers_in_overrides(item, stored):
+    key, value = parse_override(item)
+    assert getattr(resolve("demo", sets={key: value}), key) == stored
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(("item", "key"), [("lr=1e-3x", "lr"), ("seed=1e20", "seed"), ("epochs=[1, 2", "epochs"),
+                                           ("lr=.nan", "lr"), ("model_options=[&a [1], *a]", "model_options")])
+def test_cli_refuses_bad_override_by_key(item, key, capsys):
+    assert main(["train", "--set", item]) == 2
+    assert f"config key '{key}'" in capsys.readouterr().err
 
 
 @pytest.mark.reliability

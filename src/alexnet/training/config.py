@@ -1,8 +1,10 @@
 """Training configuration: one dataclass, named presets, files and command-line overrides.
 
 Precedence, lowest first: the dataclass defaults (the paper's recipe) < a preset < a
-TOML/YAML file < command-line flags. Every value from outside is checked against the
-field's type; unknown keys and wrong types are :class:`ConfigError`\\ s that name the key.
+TOML/YAML/JSON file < command-line flags < ``--set key=value`` (:func:`resolve`). Every value
+goes through :func:`check_value`, the one place for types and ranges: unknown keys, wrong
+types, values out of range and non-finite numbers are :class:`ConfigError`\\ s that name
+the key. Files are bounded (1 MiB, no YAML aliases) so a hostile one cannot expand.
 
 The learning-rate rule for data-parallel runs: ``batch_size`` is per process, the global
 batch is ``batch_size x world_size``, and ``lr`` is used as given. To keep the paper's
@@ -13,13 +15,18 @@ scale ``lr`` linearly with the global batch (Goyal et al. 2017), with a few warm
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
+import numbers
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from alexnet.errors import ConfigError
 
@@ -91,28 +98,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> TrainConfig:
-        """Check value ranges and choices (types are checked by :func:`from_dict`)."""
+        """Every field checked again (type, range, choices) and the fields that go together.
 
-        def need(cond: bool, key: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"config key {key!r}: {msg} (got {getattr(self, key)!r})")
-
-        need(self.schedule in SCHEDULES, "schedule", f"expected one of {SCHEDULES}")
-        need(self.amp in AMP_MODES, "amp", f"expected one of {AMP_MODES}")
-        need(self.norm_mode in NORM_MODES, "norm_mode", f"expected one of {NORM_MODES}")
-        need(self.epochs >= 1, "epochs", "must be at least 1")
-        need(self.batch_size >= 1, "batch_size", "must be at least 1")
-        need(self.lr > 0, "lr", "must be positive")
-        need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
-        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
-        need(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)")
-        need(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
-        need(self.log_every >= 1, "log_every", "must be at least 1")
-        need(self.num_workers >= 0, "num_workers", "must be >= 0")
-        need(self.crop is None or self.crop >= 8, "crop", "must be at least 8")
-        need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be at least 1")
-        need(self.split_devices is None or len(self.split_devices) == 2, "split_devices", "needs two devices")
+        :func:`from_dict` checks each value it is given; this catches values set on the
+        object afterwards (``cfg.lr = -1``), so the trainer can trust what it reads.
+        """
+        for key in _FIELDS:
+            setattr(self, key, check_value(key, getattr(self, key)))
+        if self.split_devices is not None:
+            if len(self.split_devices) != 2:
+                raise ConfigError(f"config key 'split_devices': needs two devices (got {self.split_devices!r})")
+            if self.model != "alexnet":
+                raise ConfigError(
+                    f"config key 'split_devices': only the 'alexnet' model has the two-device split (model {self.model!r})"
+                )
         return self
 
 
@@ -178,54 +177,165 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str) -> TrainConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"config key 'preset': unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    """The configuration of preset ``name`` (a key of :data:`PRESETS`), checked."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"config key 'preset': unknown preset {_show(name)}; choose from {', '.join(PRESETS)}")
     return from_dict({**PRESETS[name], "preset": name})
 
 
-# --------------------------------------------------------------------------- type checking
+# --------------------------------------------------------------------------- checking
+# One place for every key: the annotation gives the type (checked and, where lossless,
+# converted by _coerce), _RULES the range or choices. from_dict and validate() both go
+# through check_value, so every bad value, wherever it comes from, names its key.
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
 
+# Integers are bounded so float arithmetic on them (schedules, ETAs) stays exact and the
+# seeds the trainer derives (seed x 1000 + rank + 1) still fit torch's 64-bit generators.
+INT_MAX = 2**53
+MAX_FILE_BYTES = 1 << 20  # a configuration is a few hundred bytes; refuse to read more than 1 MiB
+_PLAIN = str | int | float | bool | type(None)
+
+# (test, what it demands); the demand may be a function, for choices known only at run time
+Rule = tuple[typing.Callable[[Any], bool], str | typing.Callable[[], str]]
+
+
+def _choice(options: tuple[str, ...]) -> Rule:
+    return (lambda v: v in options, f"expected one of {', '.join(options)}")
+
+
+# key -> rule, applied after the type check to values other than None.
+_RULES: dict[str, Rule] = {
+    "data": (lambda v: v.strip() != "", "must not be empty"),
+    "model": (lambda v: v in _model_names(), lambda: f"unknown model; choose from {', '.join(_model_names())}"),
+    "crop": (lambda v: v >= 8, "must be at least 8"),
+    "norm_mode": _choice(NORM_MODES),
+    "lighting": (lambda v: v >= 0, "must be >= 0"),
+    "val_split": (lambda v: v.strip() != "", "must not be empty"),
+    "val_fraction": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "epochs": (lambda v: v >= 1, "must be at least 1"),
+    "batch_size": (lambda v: v >= 1, "must be at least 1"),
+    "lr": (lambda v: v > 0, "must be > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 disables)"),
+    "schedule": _choice(SCHEDULES),
+    "warmup_epochs": (lambda v: v >= 0, "must be >= 0"),
+    "plateau_factor": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "plateau_patience": (lambda v: v >= 0, "must be >= 0"),
+    "plateau_max_reductions": (lambda v: v >= 0, "must be >= 0"),
+    "plateau_threshold": (lambda v: v >= 0, "must be >= 0"),
+    "step_size": (lambda v: v > 0, "must be > 0"),
+    "step_gamma": (lambda v: v > 0, "must be > 0"),
+    "min_lr": (lambda v: v >= 0, "must be >= 0"),
+    "onecycle_pct": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "onecycle_div": (lambda v: v > 0, "must be > 0"),
+    "onecycle_final_div": (lambda v: v > 0, "must be > 0"),
+    "device": (lambda v: _is_device(v, auto=True), "expected auto, cpu, cuda, cuda:N or another torch device"),
+    "amp": _choice(AMP_MODES),
+    "split_devices": (lambda v: all(_is_device(d) for d in v), "expected torch devices such as cuda:0,cuda:1"),
+    # each worker is a process: a bound keeps a typo (or a hostile file) from forking thousands
+    "num_workers": (lambda v: 0 <= v <= 256, "must be in [0, 256]"),
+    "seed": (lambda v: v >= 0, "must be >= 0"),
+    "out": (lambda v: v.strip() != "", "must not be empty"),
+    "log_every": (lambda v: v >= 1, "must be at least 1"),
+    "checkpoint_every": (lambda v: v >= 0, "must be >= 0 (0: only at epoch ends)"),
+    "checkpoint_minutes": (lambda v: v >= 0, "must be >= 0 (0: off)"),
+    "max_steps": (lambda v: v >= 1, "must be at least 1"),
+    "time_limit_minutes": (lambda v: v > 0, "must be > 0"),
+    "preset": (lambda v: v in PRESETS, f"expected one of {', '.join(PRESETS)}"),
+}
+
+
+def _model_names() -> list[str]:
+    from alexnet.models import list_models  # lazy: the models pull in torch
+
+    return [m.name for m in list_models()]
+
+
+def _is_device(name: str, auto: bool = False) -> bool:
+    if auto and name == "auto":
+        return True
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, cut short: a hostile value must not make the message huge (or unprintable)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python will print
+        return f"<int of about {int(value.bit_length() * 0.30103)} digits>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
 
 def _type_name(tp: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if tp in names:
+        return names[tp]
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _number(key: str, value: Any, tp: type) -> int | float:
+    """``value`` as an int or a finite float; numeric strings count (YAML 1.1 reads 1e-3 as one)."""
+    bad = ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {_show(value)} ({type(value).__name__})")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | str):
+        raise bad
+    if isinstance(value, numbers.Integral):  # NumPy integers too
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value)  # exact for long integers, which float() would round
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+    if tp is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1e6 steps, or TOML's 2.0: whole numbers are integers
+    if tp is int and isinstance(value, int):
+        if abs(value) > INT_MAX:
+            raise ConfigError(f"config key {key!r}: must be at most 2**53 in magnitude, got {_show(value)}")
+        return value
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"config key {key!r}: must be a finite number, got {_show(value)}")
+    if tp is int:  # a float with a fractional part
+        raise bad
+    return number
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """``value`` checked (and losslessly converted, int -> float) against annotation ``tp``."""
+    """``value`` checked against annotation ``tp`` and converted where that loses nothing."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if value is None and type(None) in typing.get_args(tp):
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
-    bad = ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]  # every union is X | None
+        return _coerce(key, value, inner)
+    bad = ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {_show(value)} ({type(value).__name__})")
     if tp is bool:
         if isinstance(value, bool):
             return value
         raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise bad
+    if tp in (int, float):
+        return _number(key, value, tp)
     if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
+        if not isinstance(value, str):
+            raise bad
+        if "\0" in value:
+            raise ConfigError(f"config key {key!r}: must not contain a NUL character, got {_show(value)}")
+        return value
     if origin is list:
         (item,) = typing.get_args(tp)
         if isinstance(value, str):  # "cuda:0,cuda:1" from the command line
@@ -237,55 +347,102 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, dict):
             raise bad
         for k, v in value.items():
-            if not isinstance(k, str) or not isinstance(v, str | int | float | bool | type(None)):
-                raise ConfigError(f"config key {key}.{k}: expected a plain value, got {v!r}")
+            name = f"{key}.{k}" if isinstance(k, str) else key
+            if not isinstance(k, str) or not isinstance(v, _PLAIN):
+                raise ConfigError(f"config key {name!r}: expected a name and a plain value, got {_show(k)}: {_show(v)}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"config key {name!r}: must be a finite number, got {_show(v)}")
+            if isinstance(v, str) and "\0" in v:
+                raise ConfigError(f"config key {name!r}: must not contain a NUL character")
         return dict(value)
     raise bad  # pragma: no cover - every annotation above is handled
+
+
+def check_value(key: str, value: Any) -> Any:
+    """``value`` for config key ``key``, type- and range-checked (converted: "1e-3" -> 0.001).
+
+    Raises :class:`ConfigError` naming the key for anything else, unknown keys included.
+    """
+    if not isinstance(key, str) or key not in _FIELDS:
+        raise ConfigError(_unknown([key]))
+    value = _coerce(key, value, _HINTS[key])
+    rule = _RULES.get(key)
+    if rule is not None and value is not None and not rule[0](value):
+        demand = rule[1] if isinstance(rule[1], str) else rule[1]()
+        raise ConfigError(f"config key {key!r}: {demand} (got {_show(value)})")
+    return value
+
+
+def _unknown(keys: list[Any]) -> str:
+    shown = sorted(_show(k) for k in keys)
+    hint = ""
+    if len(keys) == 1 and isinstance(keys[0], str):
+        close = difflib.get_close_matches(keys[0], list(_FIELDS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown config key{'s' if len(keys) > 1 else ''} {', '.join(shown)}; {hint}valid keys: {', '.join(_FIELDS)}"
 
 
 def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """``base`` (default: the paper's defaults) updated with ``values``, every key checked."""
     if not isinstance(values, dict):
         raise ConfigError(f"a configuration must be a table of keys, got {type(values).__name__}")
-    unknown = sorted(k for k in values if k not in _FIELDS)
+    unknown = [k for k in values if not isinstance(k, str) or k not in _FIELDS]
     if unknown:
-        raise ConfigError(
-            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"valid keys: {', '.join(_FIELDS)}"
-        )
+        raise ConfigError(_unknown(unknown))
     out = dataclasses.replace(base) if base is not None else TrainConfig()
     for key, value in values.items():
-        setattr(out, key, _coerce(key, value, _HINTS[key]))
+        setattr(out, key, check_value(key, value))
     return out
 
 
-def load_file(path: str | Path) -> dict[str, Any]:
-    """The key/value table of a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file, unchecked.
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader minus aliases: ``*name`` is how a few hundred bytes expand to
+    gigabytes (the "billion laughs"), and a configuration has no use for it."""
 
-    A ``[train]`` table, if present, is used (so one file can hold several sections).
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed in a configuration"
+            )
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: plain data only
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """The key/value table of a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON file, unchecked.
+
+    A ``[train]`` table, if present, is used (so one file can hold several sections). Files
+    over :data:`MAX_FILE_BYTES` and YAML aliases are refused, so a hostile file cannot make
+    the parser build more than the file holds.
     """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"config file {path}: expected .toml, .yaml, .yml or .json")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # bounded: /dev/zero or a huge file cannot fill memory
+        if len(raw) > MAX_FILE_BYTES:
+            raise ConfigError(f"config file {path}: larger than {MAX_FILE_BYTES // 1024} KiB; not a configuration")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
-        if path.suffix.lower() == ".toml":
+        if suffix == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        elif path.suffix.lower() == ".json":
+        elif suffix == ".json":
             data = json.loads(text)
         else:
-            raise ConfigError(f"config file {path}: expected .toml, .yaml, .yml or .json")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid: {exc}") from None
-    except Exception as exc:  # yaml.YAMLError and friends
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"config file {path} is not valid: {exc}") from None
+            data = _load_yaml(text)
+            data = {} if data is None else data
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    except Exception as exc:  # parse errors, deep nesting, over-long integers
+        raise ConfigError(f"config file {path} is not valid: {type(exc).__name__}: {str(exc)[:300]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a table of keys at the top level")
     if isinstance(data.get("train"), dict) and len(data) == 1:
@@ -294,16 +451,20 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """``key=value`` from ``--set``; the value is read as a YAML scalar (1e-3, true, [a, b])."""
-    import yaml
+    """``key=value`` from ``--set``; the value is read as a YAML scalar (1e-3, true, [a, b]).
 
+    Only the syntax is read here; :func:`from_dict` checks the value (and turns numeric
+    strings such as YAML 1.1's ``1e-3`` into numbers for numeric keys).
+    """
     key, sep, raw = item.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not key:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
+        raise ConfigError(f"--set expects key=value, got {_show(item)}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = _load_yaml(raw) if raw.strip() else None
+    except ConfigError as exc:
+        raise ConfigError(f"config key {key!r} (--set): {exc}") from None
+    except Exception:  # not YAML: keep the text, the key's type check decides
         value = raw
     return key, value
 
@@ -312,17 +473,38 @@ def resolve(
     preset_name: str | None = None,
     file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
-    default_preset: str | None = None,
+    default_preset: str | typing.Callable[[str | None], str | None] | None = None,
+    sets: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults < preset (``preset_name``, else the file's ``preset``, else ``default_preset``)
-    < file < ``overrides``."""
+    """The configuration of a run, in the documented order, lowest first:
+
+    defaults < preset < ``file`` < ``overrides`` (command-line flags) < ``sets`` (``--set``).
+
+    ``overrides`` are flags: a ``None`` there means "not given" and is dropped. ``sets`` are
+    ``--set key=value`` pairs (from :func:`parse_override`): a ``None`` there sets the key to
+    null. The preset is the first of ``sets["preset"]``, ``preset_name`` (or
+    ``overrides["preset"]``), the file's ``preset`` and ``default_preset``; the last may be a
+    function of the ``data`` the layers above settle on (the CLI's dataset-based choice).
+    """
+    for layer in (overrides, sets):
+        if layer is not None and not isinstance(layer, dict):
+            raise ConfigError(f"overrides must be a table of keys, got {type(layer).__name__}")
     file_values = load_file(file) if file is not None else {}
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    name = preset_name or overrides.pop("preset", None) or file_values.get("preset") or default_preset
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    sets = dict(sets or {})
+    name = sets.pop("preset", None) or preset_name or flags.pop("preset", None) or file_values.get("preset")
+    flags.pop("preset", None)
+    if name is None and default_preset is not None:
+        if callable(default_preset):
+            data = {**file_values, **flags, **sets}.get("data")
+            name = default_preset(data if isinstance(data, str) else None)
+        else:
+            name = default_preset
     if name is not None and not isinstance(name, str):
-        raise ConfigError(f"config key 'preset': expected str, got {name!r}")
+        raise ConfigError(f"config key 'preset': expected a string, got {_show(name)}")
     cfg = preset(name) if name else TrainConfig()
     cfg = from_dict({k: v for k, v in file_values.items() if k != "preset"}, cfg)
-    cfg = from_dict(overrides, cfg)
+    cfg = from_dict(flags, cfg)
+    cfg = from_dict(sets, cfg)
     cfg.preset = name
     return cfg.validate()
