@@ -73,16 +73,9 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The run's configuration, in the documented order: preset < --config file < flags < --set."""
-    from alexnet.training.config import load_file, resolve
+    from alexnet.training.config import resolve
 
-    overrides = flag_values(args) | parse_sets(args.set)  # --set wins over a flag
-    default = None
-    if args.preset is None:
-        data = overrides.get("data")
-        if data is None and args.config:
-            data = load_file(args.config).get("data")
-        default = auto_preset(data if isinstance(data, str) else None)
-    return resolve(args.preset, args.config, overrides, default_preset=default)
+    return resolve(args.preset, args.config, flag_values(args), default_preset=auto_preset, sets=parse_sets(args.set))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

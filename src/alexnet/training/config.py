@@ -28,11 +28,12 @@ from typing import Any
 
 import yaml
 
+from alexnet.data.transforms import MODES
 from alexnet.errors import ConfigError
 
 SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
 AMP_MODES = ("auto", "bf16", "none")
-NORM_MODES = ("image", "channel")
+NORM_MODES = MODES  # the normalisations data.transforms implements: one list
 
 
 @dataclass
