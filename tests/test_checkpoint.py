@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import json
 import pickle
 from pathlib import Path
 
@@ -174,3 +175,78 @@ def test_a_truncated_real_checkpoint_is_corrupt(tmp_path: Path, tiny_model: torc
         path.write_bytes(data[:cut])
         with pytest.raises(CheckpointError, match="truncated or corrupt"):
             load_checkpoint(path)
+
+
+def _crafted(meta_change: dict, stats_change: dict | None = None) -> tuple[dict, dict]:
+    """A valid tiny model's metadata (as a file carries it) with some fields replaced."""
+    meta = tiny_meta().to_dict()
+    meta.update(meta_change)
+    stats = dict(meta["stats"])
+    stats.update(stats_change or {})
+    meta["stats"] = stats
+    return meta, tiny_model_state()
+
+
+def tiny_model_state() -> dict[str, torch.Tensor]:
+    return create_model("alexnet_small", num_classes=3, width=0.125).state_dict()
+
+
+CRAFTED = {
+    "unknown-model": ({"model": "resnet9000"}, None, "model"),
+    "model-not-a-name": ({"model": ["alexnet"]}, None, "model"),
+    "unknown-option": ({"options": {"fc_dim": 10**6}}, None, "options"),
+    "huge-width": ({"options": {"width": 10_000.0}}, None, "parameters"),
+    "option-a-table": ({"options": {"width": {"x": 1}}}, None, "options"),
+    "options-a-list": ({"options": [1, 2]}, None, "options"),
+    "classes-mismatch": ({"classes": ["a"]}, None, "classes"),
+    "billion-classes": ({"num_classes": 10**9}, None, "num_classes"),
+    "classes-not-names": ({"classes": [1, 2, 3]}, None, "classes"),
+    "bool-size": ({"image_size": True}, None, "image_size"),
+    "huge-image": ({"image_size": 10**7}, None, "image_size"),
+    "crop-exceeds-image": ({"input_size": 64}, None, "input_size"),
+    "norm-junk": ({"norm_mode": "magic"}, None, "norm_mode"),
+    "stats-wrong-shape": ({}, {"mean": torch.zeros(4)}, "stats"),
+    "stats-nan": ({}, {"std": torch.tensor([float("nan"), 1.0, 1.0])}, "stats"),
+    "stats-not-a-tensor": ({}, {"eigvec": "junk"}, "statistics"),
+    "mean-image-wrong-side": ({}, {"mean_image": torch.zeros(3, 17, 17)}, "stats"),
+    "missing-field": ({"image_size": None}, None, "image_size"),
+}
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+@pytest.mark.parametrize("container", ["checkpoint", "safetensors"])
+def test_crafted_metadata_is_refused_before_building(tmp_path: Path, kind: str, container: str) -> None:
+    """Metadata is validated in full (zoo name, options, types, sizes, statistics) before a
+    model is built: a clear CheckpointError naming the field, never a traceback or a huge
+    allocation. The digest is recomputed, as an attacker would."""
+    from safetensors.torch import save
+
+    from alexnet.checkpoint import SAFETENSORS_META_KEY, _digest
+
+    change, stats_change, named = CRAFTED[kind]
+    meta, state = _crafted(change, stats_change)
+    path = tmp_path / ("model.pt" if container == "checkpoint" else "model.safetensors")
+    if container == "checkpoint":
+        payload = {"format": "alexnet-checkpoint", "version": 1, "meta": meta, "model": state}
+        payload["sha256"] = _digest(payload)
+        torch.save(payload, path)
+    else:
+        stats = {f"stats.{k}": v for k, v in meta.pop("stats").items() if isinstance(v, torch.Tensor)}
+        tensors = {f"model.{k}": v for k, v in state.items()} | stats
+        path.write_bytes(save(tensors, metadata={SAFETENSORS_META_KEY: json.dumps(meta)}))
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert named in str(err.value)
+
+
+def test_untampered_metadata_still_loads(tmp_path: Path) -> None:
+    """The checks refuse only what is wrong: the same construction with nothing changed loads."""
+    meta, state = _crafted({})
+    payload = {"format": "alexnet-checkpoint", "version": 1, "meta": meta, "model": state}
+    from alexnet.checkpoint import _digest
+
+    payload["sha256"] = _digest(payload)
+    torch.save(payload, tmp_path / "ok.pt")
+    model, loaded = load_model(tmp_path / "ok.pt")
+    assert loaded.describe().startswith("alexnet_small(width=0.125)")

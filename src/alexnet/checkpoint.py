@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from alexnet.data.stats import DatasetStats
+from alexnet.data.transforms import MODES
 from alexnet.errors import CheckpointError
 from alexnet.files import atomic_write_bytes
 from alexnet.models import create_model, model_info
@@ -40,6 +41,9 @@ from alexnet.models import create_model, model_info
 FORMAT = "alexnet-checkpoint"
 VERSION = 1
 SAFETENSORS_META_KEY = "alexnet.meta"
+# Bounds on what a checkpoint's metadata may ask to build: the paper's net is 61 M parameters.
+MAX_PARAMS = 1_000_000_000
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -72,15 +76,58 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+        """Metadata from an untrusted file, validated in full before anything is built from it."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"checkpoint metadata is not a table (got {type(d).__name__})")
         try:
             d = dict(d)
             d["stats"] = DatasetStats.from_tensors(d["stats"], prefix="")
             meta = cls(**d)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint metadata is invalid: {exc}") from None
-        if len(meta.classes) != meta.num_classes or len(meta.class_names) != meta.num_classes:
-            raise CheckpointError("checkpoint metadata: class lists do not match num_classes")
+        meta.check()
         return meta
+
+    def check(self) -> None:
+        """Refuse metadata that names no model of the zoo, carries options the model does not
+        take or out of range, wrong types, or sizes that would allocate more than
+        :data:`MAX_PARAMS` parameters (counted on the meta device: nothing is allocated)."""
+
+        def need(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise CheckpointError(f"checkpoint metadata {key!r}: {why}")
+
+        need(isinstance(self.model, str), "model", "not a name")
+        try:
+            info = model_info(self.model)
+        except KeyError as exc:
+            raise CheckpointError(f"checkpoint metadata 'model': {exc.args[0]}") from None
+        count_ok = isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool)
+        need(count_ok and 1 <= self.num_classes <= MAX_CLASSES, "num_classes", f"must be 1..{MAX_CLASSES:,}")
+        for key in ("classes", "class_names"):
+            value = getattr(self, key)
+            need(isinstance(value, list) and all(isinstance(c, str) and len(c) <= 1000 for c in value), key,
+                 "must be a list of names")
+            need(len(value) == self.num_classes, key, f"has {len(value)} entries for {self.num_classes} classes")
+        for key in ("image_size", "input_size"):
+            value = getattr(self, key)
+            need(isinstance(value, int) and not isinstance(value, bool) and 8 <= value <= 4096, key, "must be 8..4096")
+        need(self.input_size <= self.image_size, "input_size", f"{self.input_size} exceeds image_size {self.image_size}")
+        need(self.norm_mode in MODES, "norm_mode", f"must be one of {MODES}")
+        need(isinstance(self.options, dict) and all(isinstance(k, str) for k in self.options), "options",
+             "must be a table of named options")
+        plain = (str, int, float, bool, type(None))
+        need(all(isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain) for x in v))
+                 for v in self.options.values()), "options", "values must be plain numbers, names or lists of them")
+        problem = self.stats.problem(self.image_size)
+        need(not problem, "stats", f"malformed ({problem})")
+        options = {k: v for k, v in self.options.items() if k != "devices"}
+        try:
+            params = info.num_params(self.num_classes, **options)
+        except Exception as exc:  # the builder's own checks (unknown option, bad value) on foreign data
+            raise CheckpointError(f"checkpoint metadata 'options': {self.model} cannot be built with "
+                                  f"{options}: {type(exc).__name__}: {exc}") from None
+        need(params <= MAX_PARAMS, "options", f"would build {params:,} parameters (more than {MAX_PARAMS:,})")
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """A freshly initialised model of this architecture."""

@@ -71,6 +71,23 @@ class DatasetStats:
             out[f"{prefix}mean_image"] = self.mean_image.float().contiguous()
         return out
 
+    def problem(self, image_size: int | None = None) -> str:
+        """What is wrong with statistics read from an untrusted file ('' if nothing): each
+        tensor's type and shape, the mean image's side (``image_size`` when known), and
+        finite values; files are checked here before anything is built from them."""
+        shapes = {"mean": (3,), "std": (3,), "eigval": (3,), "eigvec": (3, 3)}
+        bad = [k for k, shape in shapes.items()
+               if not isinstance(getattr(self, k), Tensor) or tuple(getattr(self, k).shape) != shape]
+        mi = self.mean_image
+        if mi is not None and (not isinstance(mi, Tensor) or mi.dim() != 3 or mi.shape[0] != 3
+                               or mi.shape[1] != mi.shape[2] or (image_size is not None and mi.shape[1] != image_size)):
+            bad.append("mean_image")
+        if bad:
+            return ", ".join(bad)
+        if not all(torch.isfinite(t).all() for t in self.to_tensors().values() if t.is_floating_point()):
+            return "non-finite values"
+        return ""
+
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], prefix: str = "stats.") -> DatasetStats:
         try:
@@ -84,6 +101,8 @@ class DatasetStats:
             )
         except KeyError as exc:
             raise ValueError(f"dataset statistics incomplete: missing {exc.args[0]}") from None
+        except (AttributeError, RuntimeError, TypeError) as exc:  # junk where a tensor belongs
+            raise ValueError(f"dataset statistics malformed: {exc}") from None
 
 
 class StatsAccumulator:
@@ -166,13 +185,9 @@ def load_stats_file(path: str | os.PathLike) -> DatasetStats:
         stats = DatasetStats.from_tensors(load_file(str(path)))
     except (OSError, SafetensorError, ValueError) as exc:
         raise DatasetError(f"cannot read statistics {path}: {exc}") from None
-    shapes = {"mean": (3,), "std": (3,), "eigval": (3,), "eigvec": (3, 3)}
-    bad = [k for k, shape in shapes.items() if tuple(getattr(stats, k).shape) != shape]
-    mi = stats.mean_image
-    if mi is not None and (mi.dim() != 3 or mi.shape[0] != 3):
-        bad.append("mean_image")
-    if bad or not all(torch.isfinite(t).all() for t in stats.to_tensors().values() if t.is_floating_point()):
-        raise DatasetError(f"statistics {path} are malformed ({', '.join(bad) or 'non-finite values'})")
+    problem = stats.problem()
+    if problem:
+        raise DatasetError(f"statistics {path} are malformed ({problem})")
     return stats
 
 
