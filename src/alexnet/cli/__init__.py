@@ -29,10 +29,18 @@ COMMANDS = [add_models, add_data, add_explore, add_train, add_demo, add_evaluate
             add_predict, add_export]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad value reported as one line (the command, the option, why, and
+    where to read more) instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alexnet import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="alexnet",
         description="AlexNet (Krizhevsky, Sutskever & Hinton, 2012): train, evaluate, inspect, explain.",
     )

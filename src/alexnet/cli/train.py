@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from alexnet.cli._args import NON_NEGATIVE, POSITIVE, float_range, new_dir, parse_sets
+from alexnet.cli._args import NON_NEGATIVE, POSITIVE, existing_dir, float_range, new_dir, parse_sets
 from alexnet.errors import UsageError
 
 # command-line flag (argparse dest) -> config key, for the flags that map one to one
@@ -104,7 +104,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", default=None, help="TOML or YAML file of config keys")
     p.add_argument("--preset", default=None, help="imagenet-paper, cifar10 or demo")
-    p.add_argument("--data", default=None, help="dataset directory (default: the embedded dataset)")
+    p.add_argument("--data", default=None, type=existing_dir, help="dataset directory (default: the embedded dataset)")
     p.add_argument("--model", default=None, help="alexnet, alexnet_owt or alexnet_small")
     p.add_argument("--epochs", type=POSITIVE, default=None)
     p.add_argument("--batch-size", type=POSITIVE, default=None, help="per process (paper: 128)")
@@ -161,7 +161,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=new_dir, default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--minutes", type=float_range(0, 24 * 60, open_lo=True), default=8.0,
                    help="time budget for training and evaluation (default 8; data generation adds ~15 s)")
-    p.add_argument("--data", default=None, help="dataset instead of the embedded one")
+    p.add_argument("--data", default=None, type=existing_dir, help="dataset instead of the embedded one")
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
