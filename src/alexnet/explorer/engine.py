@@ -743,6 +743,8 @@ class Engine:
             + ("" if relu_is_stage else " (and before the normalisation that follows it in this model)"),
             "relu_is_stage": relu_is_stage,
         }
+        if layer == "conv1":  # every kernel too, small: the page draws them to pick from
+            payload["bank"] = _f32(geo["weight"])
         if layer == "conv1" and a.image is not None:  # the crop's pixels, to draw what is normalised
             c = self.meta.input_size
             top = (a.image.shape[0] - c) // 2
