@@ -157,3 +157,20 @@ def test_cli_draft(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--layers"], ["resnet", "--layers"], ["alexnet"], ["alexnet", "--layers", "--input-size", "100"]):
         with pytest.raises(ValueError):
             cmd_models_layers(p.parse_args(argv))
+
+
+def test_report_section() -> None:
+    """The report's anatomy section is the same table for the run's model, HTML-escaped."""
+    from alexnet.analysis.report import anatomy_section
+    from alexnet.checkpoint import ModelMeta
+    from alexnet.data.stats import compute_stats
+
+    meta = ModelMeta(
+        "alexnet_small", 10, [str(i) for i in range(10)], [str(i) for i in range(10)], 40, 32, "channel",
+        compute_stats([torch.zeros(1, 3, 40, 40, dtype=torch.uint8)]), {"width": 0.25, "input_size": 32},
+    )
+    model = meta.build()
+    section = anatomy_section(model, meta)
+    assert section.html.startswith("<pre>") and "conv1 5x5/1 p2" in section.html
+    assert f"{sum(p.numel() for p in model.parameters()):,}" in section.html
+    assert "630 million" in section.note
