@@ -603,7 +603,10 @@ function renderKernelStrip(s) {
       return b;
     }));
   }
-  strip.querySelectorAll("button").forEach((b, i) => b.setAttribute("aria-pressed", String(i === s.kernel)));
+  strip.querySelectorAll("button").forEach((b, i) => {
+    b.setAttribute("aria-pressed", String(i === s.kernel));
+    if (i === s.kernel) strip.scrollLeft = Math.max(0, b.offsetLeft - strip.offsetLeft - strip.clientWidth / 2);
+  });
 }
 
 function renderStencil() {
@@ -623,7 +626,7 @@ function renderStencil() {
   ctx.fillRect(0, 0, input.width, input.height);
   if (st.pixels) ctx.drawImage(st.pixels, pad * scale, pad * scale, W * scale, H * scale);
   const wx = (x * s.stride) * scale, wy = (y * s.stride) * scale;
-  ctx.lineWidth = Math.max(2, scale / 2);
+  ctx.lineWidth = Math.max(2, input.width / 80);  // about 4 CSS px whatever the canvas's resolution
   ctx.strokeStyle = "#f6b73c";
   ctx.strokeRect(wx + ctx.lineWidth / 2, wy + ctx.lineWidth / 2, k * scale - ctx.lineWidth, k * scale - ctx.lineWidth);
 
@@ -657,7 +660,7 @@ function renderStencil() {
     mc.ctx.fillStyle = diverge(s.values[q] / s.peak);
     mc.ctx.fillRect((q % s.outW) * mc.scale, Math.floor(q / s.outW) * mc.scale, mc.scale, mc.scale);
   }
-  mc.ctx.lineWidth = Math.max(1.5, mc.scale / 4);
+  mc.ctx.lineWidth = Math.max(2, map.width / 110);
   mc.ctx.strokeStyle = "#17161c";
   mc.ctx.strokeRect(x * mc.scale, y * mc.scale, mc.scale, mc.scale);
   map.dataset.filled = String(pos + 1);
