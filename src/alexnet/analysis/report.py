@@ -181,6 +181,8 @@ def write_report(
         )
     )
 
+    rep.sections.append(anatomy_section(model, meta))
+
     # Everything below needs the data.
     try:
         train, val, data_path = open_run_splits(run_dir, data)
@@ -251,6 +253,20 @@ def write_report(
     path = out / "report.html"
     _write(path, page.encode("utf-8"))
     return path
+
+
+def anatomy_section(model: torch.nn.Module, meta: ModelMeta) -> _Section:
+    """The network's anatomy: every layer's shape, neurons, parameters (with the formula),
+    connections and receptive field, as ``alexnet models NAME --layers`` prints it."""
+    from alexnet.anatomy import anatomy, format_layers
+
+    table = anatomy(model, meta.input_size, name=meta.model)
+    return _Section(
+        "The network's anatomy",
+        html=f"<pre>{html.escape(format_layers(table))}</pre>",
+        note="Connections are multiply-adds per image (weights x positions, biases not counted); "
+        "docs/anatomy.md compares them with the lecture slides' 630 million for the paper's network.",
+    )
 
 
 def _retrieval_section(

@@ -51,6 +51,8 @@ UploadField = Annotated[UploadFile, File(description="the image (JPEG, PNG, GIF,
 LayerPath = Annotated[str, PathParam(max_length=16, description="conv1 .. conv5")]
 TopK = Annotated[int, Query(ge=1, le=50, description="number of labels")]
 NeighborK = Annotated[int, Query(ge=1, le=32, description="number of neighbours")]
+StencilLayer = Annotated[str, Query(max_length=16, description="conv1 (over the pixels) or conv2 (over conv1's maps)")]
+KernelIndex = Annotated[int, Query(ge=0, le=65535, description="the kernel (output channel) of that layer")]
 
 
 def _json_error(status: int, detail: str) -> JSONResponse:
@@ -261,6 +263,23 @@ def create_app(
     @app.post("/api/neighbors", summary="Nearest training images by fc7 for an uploaded image")
     async def neighbors_upload(file: UploadField, k: NeighborK = 8) -> dict[str, Any]:
         return eng.neighbors(await by_upload(file), k)
+
+    @app.get("/api/anatomy", summary="Every layer's arithmetic: shape, neurons, parameters, connections, receptive field")
+    async def anatomy() -> dict[str, Any]:
+        return await run_in_threadpool(eng.anatomy)
+
+    @app.get(
+        "/api/stencil",
+        summary="One conv1/conv2 kernel as a stencil: its weights, the input it slides over, the real output map",
+    )
+    async def stencil(image: ImageQuery, layer: StencilLayer = "conv1", kernel: KernelIndex = 0) -> dict[str, Any]:
+        a = await by_id(image)
+        return await run_in_threadpool(eng.stencil, a, layer, kernel)
+
+    @app.post("/api/stencil", summary="The stencil for an uploaded image")
+    async def stencil_upload(file: UploadField, layer: StencilLayer = "conv1", kernel: KernelIndex = 0) -> dict[str, Any]:
+        a = await by_upload(file)
+        return await run_in_threadpool(eng.stencil, a, layer, kernel)
 
     @app.get("/api/kernels", summary="The conv1 kernels as one image grid (base64 PNG)")
     async def kernels() -> dict[str, Any]:

@@ -42,6 +42,8 @@ from alexnet.errors import ExplorerError
 log = logging.getLogger(__name__)
 
 CONV_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
+# Layers the page's stencil can slide: conv1 over the pixels, conv2 over conv1's maps.
+STENCIL_LAYERS: tuple[str, ...] = ("conv1", "conv2")
 
 # What each stage tends to respond to (Zeiler & Fergus 2014; the paper's Figure 3 for conv1).
 LAYER_ROLES: dict[str, tuple[str, str]] = {
@@ -187,6 +189,7 @@ class Analysis:
     layers: dict[str, dict[str, Any]]  # per conv layer: shape, strongest channels, summary overlay
     probs: np.ndarray  # [num_classes]
     fc7: np.ndarray  # [D] float32 for retrieval
+    image: np.ndarray | None = None  # uint8 [S, S, 3] as decoded: the stencil re-runs conv1/conv2 on it
 
 
 @dataclass
@@ -282,6 +285,8 @@ class Engine:
         self.gallery: list[ImageRecord] = []
         self.index = NeighborIndex()
         self._kernels: dict[str, Any] | None = None
+        self._anatomy: dict[str, Any] | None = None
+        self._conv_io: OrderedDict[tuple[str, str], tuple[dict[str, Any], Tensor, Tensor, Tensor]] = OrderedDict()
         if self.data is not None:
             self._open_data(gallery_size)
         if "train" not in self.splits:
@@ -494,6 +499,7 @@ class Engine:
             layers=layers,
             probs=probs,
             fc7=acts["fc7"][0].numpy().astype(np.float32),
+            image=image,
         )
 
     def _cached(self, key: str, make: Callable[[], Analysis]) -> Analysis:
@@ -617,6 +623,129 @@ class Engine:
             }
         return self._kernels
 
+    # ------------------------------------------------------------------ anatomy and the stencil
+
+    def anatomy(self) -> dict[str, Any]:
+        """The loaded model's layer table (:func:`alexnet.anatomy.anatomy`), computed once.
+
+        The hooks it registers would fire for any forward pass running at the same time,
+        so it holds the model lock.
+        """
+        if self._anatomy is None:
+            from alexnet.anatomy import anatomy
+
+            with self._model_lock:
+                table = anatomy(self.model, self.meta.input_size, name=self.meta.model)
+            self._anatomy = table.to_dict()
+        return self._anatomy
+
+    def _conv_pass(self, a: Analysis, layer: str) -> tuple[dict[str, Any], Tensor, Tensor, Tensor]:
+        """The ``layer`` convolution's geometry, its input and output, and the stage's activation.
+
+        Taken by a forward hook on the model's own forward pass (``forward_layers`` up to
+        ``layer``), so they are exactly what the network computed. conv1 is the first
+        ``Conv2d`` the pass runs, conv2 the second. Cached per (image, layer), bounded.
+        """
+        key = (a.id, layer)
+        with self._cache_lock:
+            hit = self._conv_io.get(key)
+            if hit is not None:
+                self._conv_io.move_to_end(key)
+                return hit
+        if a.image is None:
+            raise ExplorerError(404, "this image's pixels are no longer cached; choose it again")
+        captured: list[tuple[nn.Conv2d, Tensor, Tensor]] = []
+
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            captured.append((module, inputs[0].detach().float().cpu(), output.detach().float().cpu()))
+
+        names = {m: n for n, m in self.model.named_modules()}
+        x = torch.from_numpy(np.array(a.image, dtype=np.uint8)).permute(2, 0, 1)[None].to(self.device)
+        with self._model_lock, torch.no_grad():
+            handles = [m.register_forward_hook(record) for m in self.model.modules() if isinstance(m, nn.Conv2d)]
+            try:
+                stage = self.model.forward_layers(self.transform(x), [layer])[layer][0].float().cpu()
+            finally:
+                for h in handles:
+                    h.remove()
+        index = STENCIL_LAYERS.index(layer)
+        if len(captured) <= index:
+            raise ExplorerError(404, f"{self.meta.model} has no {layer} convolution")
+        conv, inp, out = captured[index]
+        k, s, p = (int(v[0]) if isinstance(v, tuple) else int(v) for v in (conv.kernel_size, conv.stride, conv.padding))
+        geometry = {
+            "module": names.get(conv, "?"),
+            "kernel_size": k,
+            "stride": s,
+            "padding": p,
+            "groups": int(conv.groups),
+            "in_channels": int(conv.in_channels),
+            "out_channels": int(conv.out_channels),
+            "weight": conv.weight.detach().float().cpu(),
+            "bias": None if conv.bias is None else conv.bias.detach().float().cpu(),
+        }
+        result = (geometry, inp[0], out[0], stage)
+        with self._cache_lock:
+            self._conv_io[key] = result
+            while len(self._conv_io) > 8:
+                self._conv_io.popitem(last=False)
+        return result
+
+    def stencil(self, a: Analysis, layer: str, kernel: int) -> dict[str, Any]:
+        """One kernel of conv1 or conv2 as a stencil over its input, for the page to slide.
+
+        Everything the page needs to redo the convolution position by position: the
+        kernel's weights and bias, the input it slides over (the normalised crop for
+        conv1; for conv2 the pooled conv1 maps of the kernel's own tower), the geometry,
+        and the real output map for that kernel, all float32 (little-endian, base64) so
+        the page's dot products are the model's own numbers. The map is the convolution
+        module's output in the model's forward pass: *before* the ReLU (and before batch
+        norm in models that have it); ``relu_is_stage`` says whether max(0, map) is the
+        layer's recorded activation as well (true when nothing sits between them).
+        """
+        if layer not in STENCIL_LAYERS:
+            raise ExplorerError(404, f"no stencil for layer {layer!r}; choose from {list(STENCIL_LAYERS)}")
+        geo, inp, out, stage = self._conv_pass(a, layer)
+        count = geo["out_channels"]
+        if not 0 <= kernel < count:
+            raise ExplorerError(404, f"{layer} has kernels 0..{count - 1}, not {kernel}")
+        per_group_out = count // geo["groups"]
+        group = kernel // per_group_out
+        cg = geo["in_channels"] // geo["groups"]
+        c0 = group * cg
+        weight = geo["weight"][kernel]  # [cg, k, k]
+        bias = 0.0 if geo["bias"] is None else float(geo["bias"][kernel])
+        relu_is_stage = stage.shape == out.shape and bool(
+            torch.allclose(out[kernel].clamp_min(0), stage[kernel], rtol=1e-4, atol=1e-5)
+        )
+        payload: dict[str, Any] = {
+            "image": {"id": a.id, "name": a.name},
+            "layer": layer,
+            "module": geo["module"],
+            "kernel": kernel,
+            "kernels": count,
+            "kernel_size": geo["kernel_size"],
+            "stride": geo["stride"],
+            "padding": geo["padding"],
+            "groups": geo["groups"],
+            "group": group,
+            "input_channels": [c0, c0 + cg],
+            "input": _f32(inp[c0 : c0 + cg]),
+            "weight": _f32(weight),
+            "bias": bias,
+            "map": _f32(out[kernel]),
+            "activation": "pre-ReLU: the convolution's own output in the forward pass, before its ReLU"
+            + ("" if relu_is_stage else " (and before the normalisation that follows it in this model)"),
+            "relu_is_stage": relu_is_stage,
+        }
+        if layer == "conv1":  # every kernel too, small: the page draws them to pick from
+            payload["bank"] = _f32(geo["weight"])
+        if layer == "conv1" and a.image is not None:  # the crop's pixels, to draw what is normalised
+            c = self.meta.input_size
+            top = (a.image.shape[0] - c) // 2
+            payload["picture"] = data_url(png_bytes(a.image[top : top + c, top : top + c]))
+        return payload
+
     def info(self) -> dict[str, Any]:
         return {
             "model": self.meta.model,
@@ -694,6 +823,13 @@ class Engine:
         t = threading.Thread(target=self.build_index, name="fc7-index", daemon=True)
         t.start()
         return t
+
+
+def _f32(t: Tensor) -> dict[str, Any]:
+    """A tensor as ``{"shape", "data"}``: float32 little-endian bytes in base64 (exact and compact:
+    a fifth of the size of decimal JSON, and the page reads it with one Float32Array)."""
+    arr = np.ascontiguousarray(t.detach().float().cpu().numpy(), dtype="<f4")
+    return {"shape": [int(d) for d in arr.shape], "data": base64.b64encode(arr.tobytes()).decode("ascii")}
 
 
 def _display_name(filename: str | None) -> str:

@@ -13,6 +13,7 @@ const state = {
   revealed: 0,
   token: 0,        // guards against answers for an image that is no longer chosen
   revealing: false,
+  anatomy: null,   // /api/anatomy: the loaded model's layer table
 };
 
 // ------------------------------------------------------------------ helpers
@@ -342,6 +343,7 @@ async function choose(image) {
     renderStatus();
     playPipeline(token);
     loadNeighbors(token);
+    loadStencil();
   } catch (err) {
     if (token !== state.token) return;
     showError(err.message);
@@ -433,10 +435,441 @@ async function loadNeighbors(token) {
   }
 }
 
+// ------------------------------------------------------------------ the anatomy view
+
+const fmt = (n) => Number(n).toLocaleString("en-US");
+const shapeText = (s) => (s.length === 3 ? `${s[1]}×${s[2]}×${s[0]}` : s.join("×"));
+
+async function loadAnatomy() {
+  let a;
+  try {
+    a = await api("/api/anatomy");
+  } catch (err) {
+    $("anatomy-detail").replaceChildren(el("p", { class: "meta", text: `Layer table unavailable: ${err.message}` }));
+    return;
+  }
+  state.anatomy = a;
+  const most = Math.max(...a.rows.map((r) => r.connections), 1);
+  const buttons = a.rows.map((r, i) => {
+    const bar = el("span", { class: "anat-bar", "aria-hidden": "true" });
+    bar.style.width = r.connections ? `${Math.max(3, (100 * r.connections) / most).toFixed(1)}%` : "0";
+    const b = el("button", { type: "button", class: `anat-btn kind-${r.kind}`, "aria-pressed": "false", "data-index": String(i) },
+      el("b", { text: r.label }), el("span", { text: shapeText(r.out_shape) }), bar);
+    b.addEventListener("click", () => showLayer(i));
+    b.addEventListener("keydown", (e) => {  // arrows move along the layers
+      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[e.key];
+      if (!step) return;
+      e.preventDefault();
+      const next = Math.min(a.rows.length - 1, Math.max(0, i + step));
+      showLayer(next);
+      $("anatomy-layers").querySelectorAll("button")[next].focus();
+    });
+    return el("li", {}, b);
+  });
+  $("anatomy-layers").replaceChildren(...buttons);
+  const t = a.totals;
+  const [, h, w] = a.input_shape;
+  $("anatomy-totals").textContent = `${a.model}, ${h}×${w}×3 input: ${fmt(t.neurons)} neurons (${fmt(t.conv_neurons)} in the conv layers) · `
+    + `${fmt(t.params)} parameters · ${fmt(t.connections)} connections (multiply-adds per image: conv ${fmt(t.conv_connections)} + fc ${fmt(t.fc_connections)}). `
+    + "Bars: each layer's share of the connections.";
+  showLayer(0);
+}
+
+function showLayer(i) {
+  const a = state.anatomy;
+  const r = a.rows[i];
+  $("anatomy-layers").querySelectorAll("button").forEach((b, j) => b.setAttribute("aria-pressed", String(i === j)));
+  const rows = [["Output", `${shapeText(r.out_shape)} (from ${shapeText(r.in_shape)})`]];
+  if (r.kernel) {
+    const parts = [`${r.kernel}×${r.kernel} window`, `stride ${r.stride}`];
+    if (r.padding) parts.push(`padding ${r.padding}`);
+    if (r.groups > 1) parts.push(`${r.groups} groups (towers)`);
+    rows.push(["Geometry", parts.join(", ")]);
+  }
+  rows.push(["Neurons", r.neurons ? `${shapeText(r.out_shape)} = ${fmt(r.neurons)}` : "none new: it reshapes or rescales the layer before"]);
+  rows.push(["Parameters", r.params_formula || "none"]);
+  rows.push(["Connections", r.connections_formula ? `${r.connections_formula} multiply-adds per image` : "none (no weights)"]);
+  rows.push(["Receptive field", r.rf === null ? "the whole image (every input reaches every unit)"
+    : `${r.rf}×${r.rf} input pixels; neighbouring units ${r.jump} px apart on the input`]);
+  if (r.towers) rows.push(["Per tower", r.towers]);
+  if (r.note) rows.push(["Note", r.note]);
+  const dl = el("dl", { class: "anat-dl" });
+  for (const [k, v] of rows) dl.append(el("dt", { text: k }), el("dd", { text: v }));
+  $("anatomy-detail").replaceChildren(el("h4", { text: `${r.label} · module ${r.module}` }), dl);
+}
+
+// ------------------------------------------------------------------ the stencil
+
+const st = {
+  token: 0, data: null, kernel: 0, pos: 0, timer: 0, pixels: null,
+  k2: 0, k2count: 0, token2: 0,
+};
+
+function f32(blob) {
+  const bin = atob(blob.data);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return { shape: blob.shape, data: new Float32Array(bytes.buffer) };
+}
+
+// The dot product of the stencil at output cell (y, x): per-tap sums over channels and their total.
+function dotAt(s, y, x) {
+  const [C, H, W] = s.input.shape;
+  const k = s.kernel_size;
+  const taps = new Float64Array(k * k);
+  const y0 = y * s.stride - s.padding;
+  const x0 = x * s.stride - s.padding;
+  let total = 0;
+  for (let c = 0; c < C; c++) {
+    for (let i = 0; i < k; i++) {
+      const yy = y0 + i;
+      if (yy < 0 || yy >= H) continue;
+      for (let j = 0; j < k; j++) {
+        const xx = x0 + j;
+        if (xx < 0 || xx >= W) continue;
+        const p = s.input.data[(c * H + yy) * W + xx] * s.weight.data[(c * k + i) * k + j];
+        taps[i * k + j] += p;
+        total += p;
+      }
+    }
+  }
+  return { taps, total };
+}
+
+function prepareStencil(s) {
+  s.input = f32(s.input);
+  s.weight = f32(s.weight);
+  s.real = f32(s.map);
+  const [, H, W] = s.input.shape;
+  s.outH = Math.floor((H + 2 * s.padding - s.kernel_size) / s.stride) + 1;
+  s.outW = Math.floor((W + 2 * s.padding - s.kernel_size) / s.stride) + 1;
+  s.values = new Float64Array(s.outH * s.outW);
+  let peak = 0;
+  for (let y = 0; y < s.outH; y++) {
+    for (let x = 0; x < s.outW; x++) {
+      const v = dotAt(s, y, x).total + s.bias;
+      s.values[y * s.outW + x] = v;
+      peak = Math.max(peak, Math.abs(v));
+    }
+  }
+  s.peak = peak || 1;
+  return s;
+}
+
+// Diverging colour: orange for positive, blue for negative, white at zero.
+function diverge(v) {
+  const t = Math.max(-1, Math.min(1, v));
+  const [r, g, b] = t >= 0 ? [242, 87, 43] : [43, 108, 242];
+  const a = Math.abs(t);
+  return `rgb(${Math.round(255 + (r - 255) * a)},${Math.round(255 + (g - 255) * a)},${Math.round(255 + (b - 255) * a)})`;
+}
+
+function sizeCanvas(canvas, w, h, target) {
+  const scale = Math.max(1, Math.ceil(target / Math.max(w, h)));
+  if (canvas.width !== w * scale || canvas.height !== h * scale) {
+    canvas.width = w * scale;
+    canvas.height = h * scale;
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  return { ctx, scale };
+}
+
+// Kernel weights [C=3, k, k] as an RGB picture stretched over its own min..max (as in Figure 3).
+function drawKernelRGB(canvas, w, offset, k, target) {
+  const { ctx, scale } = sizeCanvas(canvas, k, k, target);
+  let lo = Infinity, hi = -Infinity;
+  for (let i = 0; i < 3 * k * k; i++) { lo = Math.min(lo, w[offset + i]); hi = Math.max(hi, w[offset + i]); }
+  const span = hi - lo || 1;
+  for (let i = 0; i < k; i++) {
+    for (let j = 0; j < k; j++) {
+      const c = [0, 1, 2].map((ch) => Math.round((255 * (w[offset + (ch * k + i) * k + j] - lo)) / span));
+      ctx.fillStyle = `rgb(${c[0]},${c[1]},${c[2]})`;
+      ctx.fillRect(j * scale, i * scale, scale, scale);
+    }
+  }
+}
+
+function renderKernelStrip(s) {
+  const strip = $("stencil-kernels");
+  if (strip.childElementCount !== s.kernels) {
+    const bank = s.bank ? f32(s.bank) : null;
+    const k = s.kernel_size;
+    strip.replaceChildren(...Array.from({ length: s.kernels }, (_, i) => {
+      const canvas = el("canvas", { width: k, height: k, "aria-hidden": "true" });
+      if (bank) drawKernelRGB(canvas, bank.data, i * 3 * k * k, k, 24);
+      const b = el("button", { type: "button", class: "kernel-btn", "aria-pressed": "false", "aria-label": `kernel ${i}`, title: `kernel ${i}` }, canvas);
+      b.addEventListener("click", () => pickKernel(i));
+      return b;
+    }));
+  }
+  strip.querySelectorAll("button").forEach((b, i) => {
+    b.setAttribute("aria-pressed", String(i === s.kernel));
+    if (i === s.kernel) strip.scrollLeft = Math.max(0, b.offsetLeft - strip.offsetLeft - strip.clientWidth / 2);
+  });
+}
+
+function renderStencil() {
+  const s = st.data;
+  if (!s) return;
+  const k = s.kernel_size;
+  const [C, H, W] = s.input.shape;
+  const n = s.outH * s.outW;
+  const pos = Math.max(0, Math.min(n - 1, st.pos));
+  const y = Math.floor(pos / s.outW), x = pos % s.outW;
+  const pad = s.padding;
+
+  // The input with the stencil's window (the margin is the zero padding).
+  const input = $("stencil-input");
+  const { ctx, scale } = sizeCanvas(input, W + 2 * pad, H + 2 * pad, 330);
+  ctx.fillStyle = "#8d8896";
+  ctx.fillRect(0, 0, input.width, input.height);
+  if (st.pixels) ctx.drawImage(st.pixels, pad * scale, pad * scale, W * scale, H * scale);
+  const wx = (x * s.stride) * scale, wy = (y * s.stride) * scale;
+  ctx.lineWidth = Math.max(2, input.width / 80);  // about 4 CSS px whatever the canvas's resolution
+  ctx.strokeStyle = "#f6b73c";
+  ctx.strokeRect(wx + ctx.lineWidth / 2, wy + ctx.lineWidth / 2, k * scale - ctx.lineWidth, k * scale - ctx.lineWidth);
+
+  // The patch under the stencil (grey where it hangs over the padding).
+  const patch = $("stencil-patch");
+  const pc = sizeCanvas(patch, k, k, 120);
+  pc.ctx.fillStyle = "#8d8896";
+  pc.ctx.fillRect(0, 0, patch.width, patch.height);
+  if (st.pixels) {
+    pc.ctx.drawImage(st.pixels, x * s.stride - pad, y * s.stride - pad, k, k, 0, 0, k * pc.scale, k * pc.scale);
+  }
+  drawKernelRGB($("stencil-kernel"), s.weight.data, 0, k, 120);
+
+  // Products, summed over the colour channels, per tap.
+  const { taps, total } = dotAt(s, y, x);
+  const prod = sizeCanvas($("stencil-products"), k, k, 120);
+  const most = Math.max(...taps.map(Math.abs), 1e-12);
+  for (let i = 0; i < k; i++) {
+    for (let j = 0; j < k; j++) {
+      prod.ctx.fillStyle = diverge(taps[i * k + j] / most);
+      prod.ctx.fillRect(j * prod.scale, i * prod.scale, prod.scale, prod.scale);
+    }
+  }
+
+  // The map: cells up to the current one filled with their dot products.
+  const map = $("stencil-map");
+  const mc = sizeCanvas(map, s.outW, s.outH, 330);
+  mc.ctx.fillStyle = "#efebe3";
+  mc.ctx.fillRect(0, 0, map.width, map.height);
+  for (let q = 0; q <= pos; q++) {
+    mc.ctx.fillStyle = diverge(s.values[q] / s.peak);
+    mc.ctx.fillRect((q % s.outW) * mc.scale, Math.floor(q / s.outW) * mc.scale, mc.scale, mc.scale);
+  }
+  mc.ctx.lineWidth = Math.max(2, map.width / 110);
+  mc.ctx.strokeStyle = "#17161c";
+  mc.ctx.strokeRect(x * mc.scale, y * mc.scale, mc.scale, mc.scale);
+  map.dataset.filled = String(pos + 1);
+  map.dataset.kernel = String(s.kernel);
+  if (pos === n - 1) map.dataset.values = Array.from(s.values, (v) => v.toPrecision(9)).join(",");
+  else delete map.dataset.values;
+
+  const value = total + s.bias;
+  const readout = $("stencil-readout");
+  readout.dataset.pos = String(pos);
+  readout.dataset.value = String(value);
+  readout.replaceChildren(
+    el("span", { text: `cell (${y}, ${x}) of ${s.outH}×${s.outW}: ` }),
+    el("span", { class: "eq", text: `Σ ${C}×${k}×${k} = ${C * k * k} products = ${total.toFixed(4)}; + bias ${s.bias.toFixed(4)} = ${value.toFixed(4)}` }),
+    el("span", { text: ` → after ReLU ${Math.max(0, value).toFixed(4)}` }),
+  );
+  const slider = $("stencil-pos");
+  slider.max = String(n - 1);
+  slider.value = String(pos);
+  slider.setAttribute("aria-valuetext", `cell ${y}, ${x}: ${value.toFixed(3)}`);
+  $("stencil-prev").disabled = pos === 0;
+  $("stencil-next").disabled = pos === n - 1;
+}
+
+function setPos(p) {
+  if (!st.data) return;
+  st.pos = Math.max(0, Math.min(st.data.outH * st.data.outW - 1, p));
+  renderStencil();
+}
+
+function stopPlay() {
+  clearInterval(st.timer);
+  st.timer = 0;
+  $("stencil-play").textContent = "Play";
+  $("stencil-play").setAttribute("aria-pressed", "false");
+}
+
+function togglePlay() {
+  if (st.timer) { stopPlay(); return; }
+  const s = st.data;
+  if (!s) return;
+  const n = s.outH * s.outW;
+  if (st.pos >= n - 1) st.pos = 0;
+  const step = Math.max(1, Math.round(n / 400));  // about ten seconds for a whole map
+  $("stencil-play").textContent = "Pause";
+  $("stencil-play").setAttribute("aria-pressed", "true");
+  st.timer = setInterval(() => {
+    setPos(st.pos + step);
+    if (st.pos >= n - 1) stopPlay();
+  }, reducedMotion() ? 120 : 25);
+}
+
+async function fetchStencil(layer, kernel) {
+  const cur = state.current;
+  try {
+    return await api(`/api/stencil?image=${encodeURIComponent(cur.id)}&layer=${layer}&kernel=${kernel}`);
+  } catch (err) {
+    if (err.status === 404 && cur.file && !/kernels|stencil/.test(err.message)) {
+      const form = new FormData();
+      form.append("file", cur.file, cur.file.name);
+      return api(`/api/stencil?layer=${layer}&kernel=${kernel}`, { method: "POST", body: form });
+    }
+    throw err;
+  }
+}
+
+function loadPicture(url) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("the input picture did not load"));
+    img.src = url;
+  });
+}
+
+async function loadStencil() {
+  if (!state.current || !state.analysis) return;
+  const token = ++st.token;
+  stopPlay();
+  try {
+    const s = prepareStencil(await fetchStencil("conv1", st.kernel));
+    const pixels = s.picture ? await loadPicture(s.picture) : null;
+    if (token !== st.token) return;
+    const fresh = !st.data || st.data.image.id !== s.image.id || st.data.outH * st.data.outW !== s.outH * s.outW;
+    st.data = s;
+    st.pixels = pixels;
+    if (fresh) st.pos = 0;
+    renderKernelStrip(s);
+    $("stencil-kernel-cap").textContent = `kernel ${s.kernel} of ${s.kernels} (${s.kernel_size}×${s.kernel_size}×3)`;
+    $("stencil-input-cap").textContent = `${state.current.name}: ${s.input.shape[1]}×${s.input.shape[2]} input, padding ${s.padding}, stride ${s.stride}`;
+    $("stencil-map-cap").textContent = `Feature map ${s.outH}×${s.outW}, before ReLU (blue cells become 0)`;
+    const gap = s.values.reduce((m, v, i) => Math.max(m, Math.abs(v - s.real.data[i])), 0);
+    $("stencil-meta").textContent = `Computed here from the model's weights: the finished map equals the network's own conv1 output for kernel ${s.kernel} (largest difference ${gap.toExponential(1)}). ${s.activation}.`;
+    renderStencil();
+  } catch (err) {
+    if (token === st.token) $("stencil-meta").textContent = `Stencil unavailable: ${err.message}`;
+  }
+  loadStencil2();
+}
+
+function pickKernel(i) {
+  const count = st.data ? st.data.kernels : 1;
+  st.kernel = ((i % count) + count) % count;
+  loadStencil();
+}
+
+// ------------------------------------------------------------------ one level up: conv2
+
+function heat(v) {  // 0..1 -> dark to warm, for conv1's (non-negative) maps
+  const t = Math.max(0, Math.min(1, v));
+  return `rgb(${Math.round(23 + 223 * t)},${Math.round(22 + 161 * t * t)},${Math.round(28 + 32 * t)})`;
+}
+
+async function loadStencil2() {
+  if (!state.current || !state.analysis) return;
+  const token = ++st.token2;
+  let s;
+  try {
+    s = prepareStencil(await fetchStencil("conv2", st.k2));
+  } catch (err) {
+    if (token === st.token2) $("stencil2-sum").textContent = `conv2 unavailable: ${err.message}`;
+    return;
+  }
+  if (token !== st.token2) return;
+  st.k2count = s.kernels;
+  const best = s.values.reduce((b, v, i) => (v > s.values[b] ? i : b), 0);
+  const y = Math.floor(best / s.outW), x = best % s.outW;
+  const [C, H, W] = s.input.shape;
+  const k = s.kernel_size;
+  const y0 = y * s.stride - s.padding, x0 = x * s.stride - s.padding;
+  const parts = [];
+  for (let c = 0; c < C; c++) {
+    let sum = 0;
+    for (let i = 0; i < k; i++) {
+      for (let j = 0; j < k; j++) {
+        const yy = y0 + i, xx = x0 + j;
+        if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+        sum += s.input.data[(c * H + yy) * W + xx] * s.weight.data[(c * k + i) * k + j];
+      }
+    }
+    parts.push({ c, sum });
+  }
+  parts.sort((a, b) => b.sum - a.sum);
+  const total = parts.reduce((t, p) => t + p.sum, 0);
+
+  const map = $("stencil2-map");
+  const mc = sizeCanvas(map, s.outW, s.outH, 220);
+  for (let q = 0; q < s.values.length; q++) {
+    mc.ctx.fillStyle = diverge(s.values[q] / s.peak);
+    mc.ctx.fillRect((q % s.outW) * mc.scale, Math.floor(q / s.outW) * mc.scale, mc.scale, mc.scale);
+  }
+  mc.ctx.lineWidth = 2;
+  mc.ctx.strokeStyle = "#17161c";
+  mc.ctx.strokeRect(x * mc.scale, y * mc.scale, mc.scale, mc.scale);
+  map.dataset.kernel = String(s.kernel);
+  $("stencil2-label").textContent = `conv2 kernel ${s.kernel} of ${s.kernels}`;
+  $("stencil2-cap").textContent = `its ${s.outH}×${s.outW} map; outlined: its strongest unit (${y}, ${x})`;
+
+  const items = parts.slice(0, 6).map(({ c, sum }) => {
+    const inMap = el("canvas", { "aria-hidden": "true" });
+    const ic = sizeCanvas(inMap, W, H, 72);
+    let top = 0;
+    for (let q = 0; q < H * W; q++) top = Math.max(top, s.input.data[c * H * W + q]);
+    for (let yy = 0; yy < H; yy++) {
+      for (let xx = 0; xx < W; xx++) {
+        ic.ctx.fillStyle = heat(s.input.data[(c * H + yy) * W + xx] / (top || 1));
+        ic.ctx.fillRect(xx * ic.scale, yy * ic.scale, ic.scale, ic.scale);
+      }
+    }
+    ic.ctx.strokeStyle = "#3ddc97";
+    ic.ctx.lineWidth = 2;
+    ic.ctx.strokeRect(x0 * ic.scale, y0 * ic.scale, k * ic.scale, k * ic.scale);
+    const ker = el("canvas", { "aria-hidden": "true" });
+    const kc = sizeCanvas(ker, k, k, 40);
+    let most = 1e-12;
+    for (let q = 0; q < k * k; q++) most = Math.max(most, Math.abs(s.weight.data[c * k * k + q]));
+    for (let q = 0; q < k * k; q++) {
+      kc.ctx.fillStyle = diverge(s.weight.data[c * k * k + q] / most);
+      kc.ctx.fillRect((q % k) * kc.scale, Math.floor(q / k) * kc.scale, kc.scale, kc.scale);
+    }
+    return el("li", {}, inMap, ker, el("span", { text: `pooled conv1 map ${s.input_channels[0] + c}: ${sum >= 0 ? "+" : ""}${sum.toFixed(3)}` }));
+  });
+  $("stencil2-parts").replaceChildren(...items);
+  const value = total + s.bias;
+  $("stencil2-sum").textContent = `Unit (${y}, ${x}) = Σ over ${C} conv1 maps${s.groups > 1 ? ` (its tower's ${s.input_channels[0]}–${s.input_channels[1] - 1})` : ""} of a ${k}×${k} stencil each = ${total.toFixed(3)}, + bias ${s.bias.toFixed(3)} = ${value.toFixed(3)}. Shown: the ${items.length} maps that add the most.`;
+}
+
+function pickKernel2(step) {
+  const count = st.k2count || 1;
+  st.k2 = (((st.k2 + step) % count) + count) % count;
+  loadStencil2();
+}
+
+function initStencil() {
+  $("stencil-prev").addEventListener("click", () => { stopPlay(); setPos(st.pos - 1); });
+  $("stencil-next").addEventListener("click", () => { stopPlay(); setPos(st.pos + 1); });
+  $("stencil-play").addEventListener("click", togglePlay);
+  $("stencil-pos").addEventListener("input", (e) => { stopPlay(); setPos(Number(e.target.value)); });
+  $("stencil-kernel-prev").addEventListener("click", () => pickKernel(st.kernel - 1));
+  $("stencil-kernel-next").addEventListener("click", () => pickKernel(st.kernel + 1));
+  $("stencil2-prev").addEventListener("click", () => pickKernel2(-1));
+  $("stencil2-next").addEventListener("click", () => pickKernel2(1));
+}
+
 // ------------------------------------------------------------------ start
 
 async function init() {
   $("reveal").addEventListener("click", reveal);
+  initStencil();
   $("reset").addEventListener("click", resetReveal);
   $("replay").addEventListener("click", () => playPipeline(state.token));
   $("upload").addEventListener("change", (e) => onUpload(e.target.files[0]));
@@ -465,6 +898,7 @@ async function init() {
   renderLayerSlots();
   renderStatus();
   loadKernels();
+  loadAnatomy();
 
   const { images } = await api("/api/gallery");
   state.gallery = images;
