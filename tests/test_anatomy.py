@@ -142,21 +142,38 @@ def test_a_model_with_other_layer_names_is_numbered() -> None:
     assert a.params == 4 * 28 + 2 * 65
 
 
-def test_cli_draft(capsys: pytest.CaptureFixture[str]) -> None:
-    """The ready-to-wire `models NAME --layers` handler prints the table and refuses bad input."""
-    import argparse
+def test_cli_models_layers(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    """`alexnet models NAME --layers` prints the table; a loaded model shows its real options;
+    bad input is one error line."""
+    from alexnet.cli import main
 
-    from alexnet.cli_anatomy_draft import add_layers_options, cmd_models_layers
-
-    p = argparse.ArgumentParser()
-    add_layers_options(p)
-    assert cmd_models_layers(p.parse_args([])) is None  # plain `alexnet models`: the zoo listing
-    assert cmd_models_layers(p.parse_args(["alexnet", "--layers"])) == 0
+    assert main(["models"]) == 0  # plain `alexnet models`: the zoo listing
+    assert "alexnet_small" in capsys.readouterr().out
+    assert main(["models", "alexnet", "--layers"]) == 0
     out = capsys.readouterr().out
     assert "96 x (11*11*3 + 1) = 34,944" in out and "60,965,224" in out
-    for argv in (["--layers"], ["resnet", "--layers"], ["alexnet"], ["alexnet", "--layers", "--input-size", "100"]):
-        with pytest.raises(ValueError):
-            cmd_models_layers(p.parse_args(argv))
+    assert main(["models", "alexnet_small", "--input-size", "56"]) == 0
+    assert "56" in capsys.readouterr().out
+    for argv in (["--layers"], ["resnet", "--layers"], ["alexnet", "--layers", "--input-size", "100"],
+                 ["alexnet_small", "--input-size", "4"]):
+        assert main(["models", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    from alexnet.checkpoint import ModelMeta, save_safetensors
+    from alexnet.data.stats import DatasetStats
+    from alexnet.models import create_model
+
+    options = {"width": 0.25, "norm": "bn", "input_size": 56}
+    model = create_model("alexnet_small", num_classes=20, **options)
+    meta = ModelMeta("alexnet_small", 20, [str(i) for i in range(20)], [str(i) for i in range(20)], 64, 56,
+                     "channel", DatasetStats.imagenet_fallback(), options)
+    path = save_safetensors(tmp_path / "m.safetensors", model.state_dict(), meta)
+    assert main(["models", "--checkpoint", str(path), "--layers"]) == 0
+    out = capsys.readouterr().out
+    params = sum(p.numel() for p in model.parameters())
+    assert f"{params:,} parameters, 56x56 input" in out and "norm='bn'" in out
+    total = next(line for line in out.splitlines() if line.strip().startswith("parameters"))
+    assert total.split()[-1] == f"{params:,}"  # the table is of this model, not the zoo's default
 
 
 def test_report_section() -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import errno
-import os
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -248,5 +248,5 @@ def test_untampered_metadata_still_loads(tmp_path: Path) -> None:
 
     payload["sha256"] = _digest(payload)
     torch.save(payload, tmp_path / "ok.pt")
-    model, loaded = load_model(tmp_path / "ok.pt")
+    _, loaded = load_model(tmp_path / "ok.pt")
     assert loaded.describe().startswith("alexnet_small(width=0.125)")
