@@ -288,8 +288,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 _TORCHVISION_KEYS = {"features.0.weight", "features.10.weight", "classifier.6.weight"}
 
 
-def _imagenet_meta(model: str, num_classes: int) -> ModelMeta:
-    """Meta for ImageNet-trained weights that carry none (torchvision's preprocessing)."""
+def imagenet_meta(model: str, num_classes: int = 1000) -> ModelMeta:
+    """Metadata for weights trained on ImageNet without ours (torchvision's, a bare state dict):
+    the 1000 synsets and names, 256 px images, 224 px crops, the ImageNet channel statistics."""
     classes: list[str]
     names: list[str]
     try:
@@ -317,9 +318,9 @@ def _imagenet_meta(model: str, num_classes: int) -> ModelMeta:
 
 def _meta_for_state_dict(state: dict[str, Tensor], path: Path) -> ModelMeta:
     if state.keys() >= _TORCHVISION_KEYS:
-        return _imagenet_meta("alexnet_owt", state["classifier.6.weight"].shape[0])
+        return imagenet_meta("alexnet_owt", state["classifier.6.weight"].shape[0])
     if {"conv1.weight", "conv2.weight", "fc8.weight"} <= state.keys() and state["conv1.weight"].shape[0] == 96:
-        return _imagenet_meta("alexnet", state["fc8.weight"].shape[0])
+        return imagenet_meta("alexnet", state["fc8.weight"].shape[0])
     raise CheckpointError(
         f"{path}: a state dict that is neither an alexnet checkpoint, the paper model's, "
         "nor torchvision's alexnet"
