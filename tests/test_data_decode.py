@@ -264,3 +264,59 @@ def test_damaged_exif_keeps_the_stored_pixels() -> None:
     assert exif_orientation(b"not an image") == 1
     bad_tag = _with_orientation(pixels, 42, "JPEG")  # out of range: ignored
     assert decode_image(bad_tag, orient=True).shape == (8, 12, 3)
+
+
+def _dds_with_pixel_flags(flags: int) -> bytes:
+    """A valid DDS whose pixel-format flags (header offset 80) say something Pillow cannot decode."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((32, 24, 4), np.uint8), "RGBA").save(buf, format="DDS")
+    raw = bytearray(buf.getvalue())
+    raw[80:84] = struct.pack("<I", flags)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("flags", [0, 0x200000, 0x41000000])
+def test_foreign_decoder_exceptions_become_decode_errors_naming_the_file(tmp_path, flags):
+    # Pillow raises NotImplementedError for these (the issue's 3 KB DDS named .jpg); any class a
+    # decoder raises on bad bytes must reach callers as DecodeError with the path.
+    p = tmp_path / "photo.jpg"
+    p.write_bytes(_dds_with_pixel_flags(flags))
+    for call in (read_image, probe_image, load_resized, lambda q: read_image(q, orient=True, min_side=16)):
+        with pytest.raises(DecodeError) as e:
+            call(p)
+        assert e.value.path == str(p) and e.value.reason == "corrupt"
+        assert "NotImplementedError" in str(e.value)
+    with pytest.raises(DecodeError):
+        decode_image(p.read_bytes(), orient=True)
+
+
+def _declaring(path: Path, fmt: str, width: int, height: int) -> Path:
+    """A tiny file of ``fmt`` whose header declares ``width`` x ``height`` pixels."""
+    if fmt == "PNG":
+        return _png_header_only(path, width, height)
+    if fmt == "PPM":
+        path.write_bytes(b"P6 %d %d 255\n" % (width, height) + b"\0" * 300)
+        return path
+    buf = io.BytesIO()
+    Image.fromarray(_gradient(8, 8)).convert("P").save(buf, format=fmt)
+    raw = bytearray(buf.getvalue())
+    if fmt == "GIF":  # logical screen and first image descriptor
+        raw[6:10] = struct.pack("<HH", width, height)
+        at = raw.index(b",", 13)
+        raw[at + 5 : at + 9] = struct.pack("<HH", width, height)
+    else:  # BMP: the info header's width and height
+        raw[18:26] = struct.pack("<ii", width, height)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "PPM"])
+@pytest.mark.parametrize("side", [4_100, 7_900])
+def test_small_file_declaring_many_pixels_is_refused_from_the_header(tmp_path, fmt, side):
+    # Under MAX_PIXELS but far more pixels than a few hundred bytes can hold: a decompression
+    # bomb (a 2.4 KB WebP decodes to 62 MP in a second). Refused before any pixel is decoded.
+    p = _declaring(tmp_path / f"bomb.{fmt.lower()}", fmt, side, side)
+    for call in (read_image, probe_image, load_resized):
+        with pytest.raises(DecodeError) as e:
+            call(p)
+        assert e.value.reason == "too_large" and e.value.path == str(p)

@@ -3,12 +3,16 @@ official formats: CIFAR-10's python pickle tarball and Imagenette's tgz layout."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pickle
+import re
+import socket
 import struct
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -351,3 +355,208 @@ def test_cli_download(server, tmp_path):
     assert rc == 0
     assert sorted(p.name for p in (out / "val").iterdir()) == SYNSETS
     assert Path(out / "download.json").is_file()
+
+
+# --------------------------------------------------------------------------- a hostile server
+
+
+class _Hostile:
+    """A raw-socket server on 127.0.0.1 that answers connection ``i`` with ``script[i]``.
+
+    Each behaviour gets the accepted socket and the request head, and may send anything,
+    valid HTTP or not. The thread serves at most ``len(script)`` connections and gives
+    up ``deadline`` seconds after starting, so a test that fails cannot leave it running.
+    """
+
+    def __init__(self, script: list, deadline: float = 20.0) -> None:
+        self.script, self.requests = list(script), []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/file.tgz"
+        self.stop_at = time.monotonic() + deadline
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.sock:
+            for behave in self.script:
+                while time.monotonic() < self.stop_at:
+                    try:
+                        conn, _ = self.sock.accept()
+                        break
+                    except TimeoutError:
+                        continue
+                else:
+                    return
+                with conn:
+                    conn.settimeout(5)
+                    head = b""
+                    with contextlib.suppress(OSError):
+                        while b"\r\n\r\n" not in head and len(head) < 65536:
+                            if not (chunk := conn.recv(4096)):
+                                break
+                            head += chunk
+                    self.requests.append(head.decode("latin-1"))
+                    with contextlib.suppress(OSError):
+                        behave(conn)
+
+    def close(self) -> None:
+        self.stop_at = 0
+        self.thread.join(5)
+
+
+def _ok(body: bytes, **headers: str):
+    """A correct answer: 200 with Content-Length, or 206 for the Range the client asked."""
+
+    def behave(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+
+    return behave
+
+
+def _raw(data: bytes, then_reset: bool = False):
+    def behave(conn: socket.socket) -> None:
+        conn.sendall(data)
+        if then_reset:  # RST instead of FIN: the client sees "connection reset by peer"
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    return behave
+
+
+def _stall(conn: socket.socket) -> None:
+    """Accept, read the request, answer nothing until the client gives up (bounded)."""
+    with contextlib.suppress(OSError):
+        conn.recv(1)
+
+
+def _chunked(body: bytes, cut: bool) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 100]), body[i : i + 100]) for i in range(0, len(body), 100))
+    return head + (chunks[: len(chunks) // 2] if cut else chunks + b"0\r\n\r\n")
+
+
+BODY = bytes(range(256)) * 20
+MALFORMED = {
+    "bad status line": b"HTTP/1.1 two hundred OK\r\n\r\n" + BODY,
+    "not HTTP at all": b"SSH-2.0-OpenSSH_9.6\r\n",
+    "overlong header line": b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 70_000 + b"\r\n\r\n" + BODY,
+    "200 headers": b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n" + BODY,
+    "overlong status line": b"HTTP/1.1 200 " + b"O" * 70_000 + b"\r\n\r\n",
+}
+
+
+def _fetch(url: str, dest: Path, md5: str | None = None, *, waits: list[int] | None = None, timeout: float = 2.0, **kw):
+    """fetch() with no waiting between attempts; the attempt numbers backoff saw go to ``waits``."""
+    seen = [] if waits is None else waits
+    return fetch(url, dest, md5, progress=False, timeout=timeout, backoff=lambda n: seen.append(n) or 0.0, **kw)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_malformed_answers_are_a_clear_error_naming_the_url(tmp_path, kind):
+    server = _Hostile([_raw(MALFORMED[kind])] * 4)
+    try:
+        with pytest.raises(DownloadError, match="not valid HTTP") as e:
+            _fetch(server.url, tmp_path / "f.tgz", retries=3)
+        assert server.url in str(e.value)
+        assert len(server.requests) == 1  # the server's fault: not retried
+        assert not (tmp_path / "f.tgz").exists()
+    finally:
+        server.close()
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    "failure",
+    [
+        _raw(_chunked(BODY, cut=True)),  # chunked transfer cut short
+        _raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY[:1000], then_reset=True),
+        _raw(b"", then_reset=True),  # reset before any answer
+        _raw(b""),  # closed before any answer
+        _raw(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"),
+        _raw(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n"),
+        _stall,  # accepts, then never answers: the timeout ends it
+    ],
+    ids=["cut-chunked", "reset-mid-body", "reset", "closed", "503", "429", "stalled"],
+)
+def test_transient_failures_are_retried_with_backoff(tmp_path, failure):
+    server = _Hostile([failure, failure, _ok(BODY)])
+    waits: list[int] = []
+    try:
+        dest = _fetch(server.url, tmp_path / "f.tgz", _md5(BODY), retries=3, waits=waits, timeout=0.5)
+        assert dest.read_bytes() == BODY and len(server.requests) == 3 and waits == [1, 2]
+    finally:
+        server.close()
+    # and when every attempt fails: one clear error naming the URL, after retries + 1 tries
+    server = _Hostile([failure] * 3)
+    try:
+        with pytest.raises(DownloadError, match="after 3 attempts") as e:
+            _fetch(server.url, tmp_path / "g.tgz", retries=2, timeout=0.5)
+        assert server.url in str(e.value) and len(server.requests) == 3
+        assert not (tmp_path / "g.tgz").exists()
+    finally:
+        server.close()
+
+
+def test_permanent_http_errors_are_not_retried(tmp_path):
+    server = _Hostile([_raw(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")] * 3)
+    try:
+        with pytest.raises(DownloadError, match="403") as e:
+            _fetch(server.url, tmp_path / "f.tgz", retries=2)
+        assert server.url in str(e.value) and len(server.requests) == 1
+    finally:
+        server.close()
+
+
+@pytest.mark.reliability
+def test_body_cut_short_is_resumed_where_it_stopped(tmp_path):
+    def resume(conn: socket.socket) -> None:
+        start = int(re.search(r"Range: bytes=(\d+)-", server.requests[-1]).group(1))
+        conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
+                     % (start, len(BODY) - 1, len(BODY), len(BODY) - start) + BODY[start:])
+
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY[:3000]
+    server = _Hostile([_raw(cut), resume])
+    try:
+        assert _fetch(server.url, tmp_path / "f.tgz", retries=1).read_bytes() == BODY  # no checksum: the length decides
+        assert "Range: bytes=3000-" in server.requests[1]
+    finally:
+        server.close()
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("cut_at", [0, 1, 2000, len(BODY) - 1])
+def test_truncation_without_a_length_is_never_cached_as_complete(tmp_path, cut_at):
+    # No Content-Length and no chunked end: a close is all the client sees, and a cut body
+    # looks complete. Without a checksum (--no-verify) such a file must not be reused.
+    close_delimited = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+    server = _Hostile([_raw(close_delimited + BODY[:cut_at]), _ok(BODY)])
+    dest = tmp_path / "f.tgz"
+    try:
+        _fetch(server.url, dest)  # this run has only what it got
+        assert _fetch(server.url, dest).read_bytes() == BODY  # the next run downloads again
+        assert len(server.requests) == 2
+        assert _fetch(server.url, dest).read_bytes() == BODY  # a checked length is reused
+        assert len(server.requests) == 2
+    finally:
+        server.close()
+
+
+def test_complete_chunked_body_is_cached(tmp_path):
+    server = _Hostile([_raw(_chunked(BODY, cut=False))])
+    try:
+        assert _fetch(server.url, tmp_path / "f.tgz").read_bytes() == BODY
+        assert _fetch(server.url, tmp_path / "f.tgz").read_bytes() == BODY
+        assert len(server.requests) == 1
+    finally:
+        server.close()
+
+
+def test_partial_file_longer_than_the_file_is_discarded(tmp_path):
+    (tmp_path / "f.tgz.part").write_bytes(b"x" * (len(BODY) + 10))  # a different, longer file
+    too_far = b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%d\r\nContent-Length: 0\r\n\r\n" % len(BODY)
+    server = _Hostile([_raw(too_far), _ok(BODY)])
+    try:
+        assert _fetch(server.url, tmp_path / "f.tgz", retries=1).read_bytes() == BODY
+    finally:
+        server.close()

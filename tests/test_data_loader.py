@@ -7,6 +7,14 @@ import torch
 from torch.utils.data import Dataset
 
 from alexnet.data.loader import ResumableBatchSampler, make_loader
+from alexnet.errors import (
+    AlexNetError,
+    DatasetError,
+    DecodeError,
+    ExplorerError,
+    ShardCorruptError,
+    TrainingError,
+)
 
 
 class Toy(Dataset):
@@ -119,3 +127,45 @@ def test_bad_files_found_in_workers_reach_the_main_process(workers):
         loader.set_epoch(epoch)
         assert sum(len(y) for _, y in loader) == 24
     assert sorted(ds.bad_files) == [("img3", "truncated"), ("img7", "truncated")]
+
+
+# One of each shape of project error: plain message, a ValueError too, extra attributes set
+# by an __init__ that does not take the message (DecodeError, ExplorerError).
+ERRORS = [
+    DatasetError("dataset /data/x: class folder 'cat' is empty"),
+    ShardCorruptError("shard train-00003.bin: image 17 does not decode (bad Huffman code)"),
+    DecodeError("truncated", "image file is truncated", "/data/x/cat/17.JPEG"),
+    ExplorerError(413, "upload too large"),
+    TrainingError("loss diverged"),
+]
+
+
+class Failing(Toy):
+    """Item i < len(ERRORS) raises ERRORS[i]; the rest are fine."""
+
+    def __getitem__(self, i: int):
+        if i < len(ERRORS):
+            raise ERRORS[i]
+        return super().__getitem__(i)
+
+
+class FailingBatches(Failing):
+    def get_batch(self, indices):
+        items = [self[i] for i in indices]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("dataset", [Failing, FailingBatches])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_errors_in_workers_reach_the_user_as_in_the_main_process(dataset, workers):
+    # One batch per item, in order: each error in turn, then the good items still load.
+    loader = make_loader(dataset(len(ERRORS) + 2), 1, shuffle=False, num_workers=workers)
+    batches = iter(loader)
+    for expected in ERRORS:
+        with pytest.raises(AlexNetError) as e:
+            next(batches)
+        assert type(e.value) is type(expected)
+        assert str(e.value) == str(expected) and vars(e.value) == vars(expected)
+        assert "DataLoader worker" not in str(e.value)
+    assert [y.tolist() for _, y in batches] == [[len(ERRORS)], [len(ERRORS) + 1]]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import time
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +219,45 @@ def test_refuses_unrelated_output_directory(src, tmp_path):
     with pytest.raises(DatasetError, match="not empty"):
         prepare_dataset(src, busy, size=8, fmt="raw", workers=1, progress=False)
     assert (busy / "notes.tmp").read_text() == "mine"
+
+
+def _prepare_held_midway(src: Path, out: Path, started, **kw) -> None:
+    """In a child process: a prepare that stops inside its first shard, as if busy, until killed."""
+
+    def busy(*args):
+        started.set()
+        time.sleep(60)  # bounded: the test kills this process long before
+
+    prepared._write_shard = busy
+    prepare_dataset(src, out, progress=False, **kw)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("fmt", ["raw", "jpeg"])
+def test_second_prepare_into_the_same_output_is_told_another_runs(src, tmp_path, fmt):
+    out = tmp_path / "shared"
+    kw = {"size": 16, "fmt": fmt, "workers": 1, "shard_size": 5}
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+    first = ctx.Process(target=_prepare_held_midway, args=(src, out, started), kwargs=kw)
+    first.start()
+    try:
+        assert started.wait(30), "the first prepare never started"
+        for other in (kw, {**kw, "size": 8}):  # the same job or another one: both refused, nothing touched
+            with pytest.raises(DatasetError, match=rf"another `data prepare` is writing here \(process {first.pid}\)"):
+                prepare_dataset(src, out, progress=False, **other)
+        assert (out / "prepare.json").is_file() and not (out / "index.json").exists()
+    finally:
+        first.kill()  # a crash: the kernel releases the lock with the process
+        first.join(10)
+    index = prepare_dataset(src, out, progress=False, **kw)  # resumes the crashed run
+    assert index["splits"]["train"]["count"] == 12 and not (out / prepared.LOCK_FILE).exists()
+    assert prepare_dataset(src, out, progress=False, **kw) == index
+
+
+def test_lock_file_left_by_a_crash_does_not_block(src, tmp_path):
+    out = tmp_path / "crashed"
+    out.mkdir()
+    (out / prepared.LOCK_FILE).write_text("12345\n")  # killed right after taking the lock
+    index = prepare_dataset(src, out, size=8, fmt="raw", workers=1, progress=False)
+    assert index["splits"]["val"]["count"] == 6

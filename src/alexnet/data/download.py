@@ -25,12 +25,17 @@ so ``OUT`` either holds a complete dataset or does not exist.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
+import logging
 import os
 import pickle
+import random
 import re
 import shutil
+import socket
+import ssl
 import tarfile
 import tempfile
 import time
@@ -49,6 +54,7 @@ from alexnet.errors import ChecksumError, DownloadError, UnsafeArchiveError
 MARKER = "download.json"  # written last into OUT: what was downloaded, from where, checksum
 CHUNK = 1 << 20
 USER_AGENT = "alexnet-downloader/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,11 +108,135 @@ def file_digest(path: Path, algorithm: str = "md5") -> str:
     return h.hexdigest()
 
 
+# HTTP answers worth retrying: the server or a proxy is busy, restarting or rate-limiting.
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def default_backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...): 1, 2, 4, 8, then 10,
+    each with jitter so that many clients cut off together do not come back together."""
+    return min(2.0 ** (attempt - 1), 10.0) * random.uniform(0.5, 1.0)
+
+
+class _Transient(Exception):
+    """A failure a later attempt may not meet (reset, timeout, cut body, 503); retried."""
+
+
+def _network_error(exc: BaseException) -> tuple[str, bool]:
+    """What went wrong in words, and whether trying again can help.
+
+    ``urlopen`` lets ``http.client``'s own exceptions through untouched (they are not
+    ``OSError``): a bad status line, an overlong header line, more than 100 headers, a cut
+    chunked body. Malformed answers are the server's fault and will not mend themselves;
+    dropped connections and timeouts may.
+    """
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"the server answered HTTP {exc.code} {exc.reason}", exc.code in TRANSIENT_STATUS
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, BaseException):
+            return _network_error(reason)
+        return f"{reason}", False
+    if isinstance(exc, http.client.RemoteDisconnected):  # also a BadStatusLine: test it first
+        return "the server closed the connection without answering", True
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"the connection closed mid-body ({len(exc.partial):,} bytes of the last part read)", True
+    if isinstance(exc, http.client.LineTooLong):
+        return f"the server's answer is not valid HTTP ({exc})", False
+    if isinstance(exc, http.client.BadStatusLine):
+        return f"the server's answer is not valid HTTP (bad status line {str(exc)[:80]!r})", False
+    if isinstance(exc, http.client.HTTPException):
+        return f"the server's answer is not valid HTTP ({type(exc).__name__}: {exc})", False
+    if isinstance(exc, TimeoutError):
+        return "the server stopped answering (timed out)", True
+    if isinstance(exc, ConnectionError):
+        return f"the connection failed ({type(exc).__name__}: {exc})", True
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's certificate is not trusted ({exc})", False
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc})", exc.errno == socket.EAI_AGAIN
+    if isinstance(exc, ssl.SSLError):
+        return f"the TLS connection failed ({exc})", True
+    return f"{type(exc).__name__}: {exc}", False
+
+
 def _open(url: str, start: int, timeout: float):
     headers = {"User-Agent": USER_AGENT}
     if start:
         headers["Range"] = f"bytes={start}-"
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _complete_marker(dest: Path) -> Path:
+    """Written beside ``dest`` when its length was checked: only such a file is reused unverified."""
+    return dest.with_name(dest.name + ".complete")
+
+
+def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, progress: bool) -> bool:
+    """One attempt: append to (or restart) ``part``. Returns whether the body is known to be
+    whole (a Content-Length or Content-Range total was met, or a chunked body ended properly);
+    False when the server just closed the connection, which a truncation also looks like.
+    Raises :class:`_Transient` for what a retry may cure, :class:`DownloadError` otherwise."""
+    from tqdm import tqdm
+
+    start = part.stat().st_size if part.exists() else 0
+    try:
+        try:
+            resp = _open(url, start, timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and start:  # nothing left from `start` on: is the part the whole file?
+                m = re.fullmatch(r"bytes \*/(\d+)", exc.headers.get("Content-Range", "") or "")
+                if m and int(m.group(1)) == start:
+                    return True
+                part.unlink(missing_ok=True)  # longer than the file, or no size said: start over
+                raise _Transient(f"the kept partial file ({start:,} bytes) does not fit the file; discarded it") from None
+            raise
+        with resp:
+            total = None
+            if start and getattr(resp, "status", 200) == 206:
+                crange = resp.headers.get("Content-Range", "")
+                m = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", crange.strip())
+                if not m or int(m.group(1)) != start:
+                    part.unlink(missing_ok=True)
+                    raise _Transient(f"the server answered a resume at byte {start:,} with range {crange!r}; restarting")
+                total = int(m.group(2)) if m.group(2).isdigit() else None
+                mode = "ab"
+            else:  # the server ignored the Range header (or there was none): start over
+                start, mode = 0, "wb"
+            length = resp.headers.get("Content-Length")
+            if total is None and length and length.isdigit():
+                total = start + int(length)
+            if total is not None and total > max_bytes:
+                raise DownloadError(f"{url} is {total:,} bytes, more than the {max_bytes:,} allowed")
+            written = start
+            with (
+                open(part, mode) as f,
+                tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                     desc=part.name.removesuffix(".part"), disable=not progress) as bar,
+            ):
+                while block := resp.read(CHUNK):
+                    written += len(block)
+                    if written > max_bytes:
+                        f.close()
+                        part.unlink(missing_ok=True)
+                        raise DownloadError(f"{url} sent more than the {max_bytes:,} bytes allowed")
+                    f.write(block)
+                    bar.update(len(block))
+            if total is not None and written < total:
+                raise _Transient(f"the connection closed at byte {written:,} of {total:,}")
+            if total is not None and written > total:
+                part.unlink(missing_ok=True)
+                raise _Transient(f"the server sent {written:,} bytes after announcing {total:,}; discarded them")
+            return total is not None or bool(getattr(resp, "chunked", False))
+    except (DownloadError, _Transient):
+        raise
+    except Exception as exc:  # urllib, http.client, socket and ssl errors alike: see _network_error
+        if isinstance(exc, OSError) and getattr(exc, "filename", None) is not None and not isinstance(exc, urllib.error.URLError):
+            raise DownloadError(f"cannot write {exc.filename}: {exc.strerror}") from None  # our disk, not the network
+        what, transient = _network_error(exc)
+        if transient:
+            raise _Transient(what) from None
+        raise DownloadError(f"downloading {url} failed: {what}.") from None
 
 
 def fetch(
@@ -118,12 +248,19 @@ def fetch(
     timeout: float = 60.0,
     retries: int = 3,
     max_bytes: int = MAX_DOWNLOAD_BYTES,
+    backoff: Callable[[int], float] = default_backoff,
 ) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify ``md5`` if given, return ``dest``.
 
-    An existing ``dest`` whose checksum matches is reused. A checksum mismatch deletes
-    the downloaded file and raises :class:`ChecksumError`. A dropped connection is
-    retried ``retries`` times, each retry resuming where the last one stopped.
+    Every failure is a :class:`DownloadError` naming the URL. Transient ones (reset or
+    stalled connections, cut bodies, 408/429/5xx) are retried ``retries`` times, waiting
+    ``backoff(n)`` seconds before retry ``n`` and resuming where the last attempt stopped.
+    A file is only ever called complete when its length or checksum was checked: a body
+    that simply stopped (no Content-Length, no chunked end) is used once but not kept as
+    a cached ``dest`` for later runs, so a truncation cannot be reused forever.
+    An existing ``dest`` is reused if its checksum matches, or, with no checksum, if a
+    checked length was recorded for it. A checksum mismatch deletes the file and raises
+    :class:`ChecksumError`.
     """
     dest = Path(dest)
     scheme = urllib.parse.urlsplit(url).scheme
@@ -131,70 +268,29 @@ def fetch(
         raise DownloadError(
             f"unsupported URL scheme {scheme!r} in {url!r} (use http, https or file)"
         )
-    if dest.is_file() and (md5 is None or file_digest(dest) == md5.lower()):
-        return dest
+    marker = _complete_marker(dest)
+    if dest.is_file():
+        if md5 is not None and file_digest(dest) == md5.lower():
+            return dest
+        if md5 is None and marker.is_file() and marker.read_text().strip() == str(dest.stat().st_size):
+            return dest
+    marker.unlink(missing_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    from tqdm import tqdm
 
     for attempt in range(retries + 1):
-        start = part.stat().st_size if part.exists() else 0
+        if attempt:
+            time.sleep(max(0.0, backoff(attempt)))
         try:
-            try:
-                resp = _open(url, start, timeout)
-            except urllib.error.HTTPError as exc:
-                if exc.code == 416 and start:  # nothing left to fetch: the part is complete
-                    break
-                raise
-            with resp:
-                status = getattr(resp, "status", 200)
-                if start and status == 206:
-                    crange = resp.headers.get("Content-Range", "")
-                    m = re.match(r"bytes (\d+)-", crange)
-                    if not m or int(m.group(1)) != start:
-                        raise DownloadError(
-                            f"server answered a resume at byte {start} with range {crange!r}"
-                        )
-                    mode = "ab"
-                else:  # the server ignored the Range header (or there was none): start over
-                    start, mode = 0, "wb"
-                length = resp.headers.get("Content-Length")
-                total = start + int(length) if length and length.isdigit() else None
-                if total is not None and total > max_bytes:
-                    raise DownloadError(
-                        f"{url} is {total:,} bytes, more than the {max_bytes:,} allowed"
-                    )
-                written = start
-                with (
-                    open(part, mode) as f,
-                    tqdm(
-                        total=total,
-                        initial=start,
-                        unit="B",
-                        unit_scale=True,
-                        unit_divisor=1024,
-                        desc=dest.name,
-                        disable=not progress,
-                    ) as bar,
-                ):
-                    while block := resp.read(CHUNK):
-                        written += len(block)
-                        if written > max_bytes:
-                            raise DownloadError(
-                                f"{url} sent more than the {max_bytes:,} bytes allowed"
-                            )
-                        f.write(block)
-                        bar.update(len(block))
-                if total is not None and written < total:
-                    raise ConnectionError(f"connection closed at byte {written:,} of {total:,}")
+            complete = _fetch_once(url, part, timeout, max_bytes, progress)
             break
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-            if isinstance(exc, urllib.error.HTTPError) or attempt == retries:
-                raise DownloadError(
-                    f"downloading {url} failed: {exc}. Rerun to resume, or use --url / "
-                    f"the ALEXNET_*_URL variables to pick a mirror."
-                ) from exc
-            time.sleep(min(2**attempt, 10))
+        except _Transient as exc:
+            failure = str(exc)
+    else:
+        raise DownloadError(
+            f"downloading {url} failed after {retries + 1} attempt{'s' if retries else ''}: {failure}. "
+            f"Rerun to resume, or use --url / the ALEXNET_*_URL variables to pick a mirror."
+        )
 
     if md5 is not None:
         got = file_digest(part)
@@ -204,7 +300,11 @@ def fetch(
                 f"checksum mismatch for {url}: md5 {got}, expected {md5.lower()}. The file was deleted; "
                 f"rerun to download it again, or pass --md5/--no-verify for a mirror that repackages it."
             )
+    elif not complete:
+        log.warning("%s gave no length: the download cannot be checked for truncation and will not be reused", url)
     os.replace(part, dest)
+    if md5 is not None or complete:
+        marker.write_text(f"{dest.stat().st_size}\n")
     return dest
 
 
@@ -537,6 +637,7 @@ def download_dataset(
             shutil.rmtree(tmp, ignore_errors=True)
     if not keep_archive:
         archive.unlink(missing_ok=True)
+        _complete_marker(archive).unlink(missing_ok=True)
     if progress:
         print(f"{name}: {counts['train']:,} train + {counts['val']:,} val images in {out}")
     return out

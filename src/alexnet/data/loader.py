@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from alexnet.errors import AlexNetError
+
 
 class ResumableBatchSampler(Sampler[list[int]]):
     """Distributed, deterministic, resumable batches of dataset indices."""
@@ -90,12 +92,46 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return self.batches_per_epoch - self.start_batch
 
 
+def _rebuild_error(cls: type[AlexNetError], args: tuple, state: dict) -> AlexNetError:
+    """The exception ``cls`` with ``args`` and attributes ``state``, without calling its
+    ``__init__`` (``DecodeError(reason, detail, path)`` cannot be re-made from its message)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class _Failed:
+    """A project error met while building a batch, sent back in place of the batch.
+
+    Raised in a worker process, an exception reaches the trainer as torch's wrapper: the
+    class re-made from the worker's whole traceback text ("Caught DecodeError in DataLoader
+    worker process 1 ... Original Traceback ..."), or a ``RuntimeError`` when the class
+    cannot be made from one string. Sent as a value instead, it is raised again in the
+    main process as the very class, message and attributes it had in the worker, so the
+    command line prints the same one line whether or not workers are used. Anything else
+    (a bug) keeps torch's traceback.
+    """
+
+    def __init__(self, error: AlexNetError) -> None:
+        self.error = error
+
+    def __reduce__(self):  # class by reference, then args and attributes: see _rebuild_error
+        e = self.error
+        return _failed_from, (type(e), e.args, dict(e.__dict__))
+
+
+def _failed_from(cls: type[AlexNetError], args: tuple, state: dict) -> _Failed:
+    return _Failed(_rebuild_error(cls, args, state))
+
+
 class _Batches(Dataset):
     """Wraps a dataset so that ``dataset[list_of_indices]`` is a whole collated batch.
 
     Each batch also carries the bad files the dataset recorded while building it: in a
     worker process that record lives in the worker's copy of the dataset, and this is how
-    it reaches the dataset in the trainer (:meth:`BatchLoader.__iter__`).
+    it reaches the dataset in the trainer (:meth:`BatchLoader.__iter__`). A project error
+    comes back as :class:`_Failed` and is raised there.
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -104,7 +140,13 @@ class _Batches(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, list[tuple[str, str]]]:
+    def __getitem__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, list[tuple[str, str]]] | _Failed:
+        try:
+            return self._batch(indices)
+        except AlexNetError as exc:
+            return _Failed(exc)
+
+    def _batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, list[tuple[str, str]]]:
         bad = getattr(self.dataset, "bad_files", None)
         known = len(bad) if isinstance(bad, list) else 0
         get_batch = getattr(self.dataset, "get_batch", None)
@@ -137,10 +179,30 @@ class BatchLoader(DataLoader):
 
     @staticmethod
     def _collect(batches: Iterator, sink: object) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y, bad in batches:  # the transport (pinning, collation) may turn tuples into lists
-            if bad and isinstance(sink, list):
-                sink.extend(e for e in map(tuple, bad) if e not in sink)
-            yield x, y
+        return _Collected(batches, sink)
+
+
+class _Collected:
+    """The batches of one pass, with bad files added to ``sink`` and project errors raised.
+
+    An iterator object rather than a generator: a generator is finished once it raises, and
+    a caller that catches one bad batch's error may go on to the next.
+    """
+
+    def __init__(self, batches: Iterator, sink: object) -> None:
+        self.batches, self.sink = batches, sink
+
+    def __iter__(self) -> _Collected:
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        batch = next(self.batches)
+        if isinstance(batch, _Failed):
+            raise batch.error
+        x, y, bad = batch  # the transport (pinning, collation) may turn tuples into lists
+        if bad and isinstance(self.sink, list):
+            self.sink.extend(e for e in map(tuple, bad) if e not in self.sink)
+        return x, y
 
 
 class ThreadBatchLoader:

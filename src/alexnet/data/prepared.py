@@ -28,6 +28,8 @@ which names the corrupted shard; a JPEG shard that fails to decode also names it
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -35,7 +37,7 @@ import multiprocessing as mp
 import multiprocessing.pool
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +182,58 @@ def _source_splits(src: Path, only: Sequence[str] | None, size: int) -> dict[str
     return out
 
 
+LOCK_FILE = ".prepare.lock"  # in OUT while a prepare_dataset runs there
+
+
+@contextlib.contextmanager
+def _prepare_lock(out: Path) -> Iterator[int]:
+    """Hold an exclusive ``flock`` on ``OUT/.prepare.lock`` or raise :class:`DatasetError`.
+
+    Two runs into one OUT would delete each other's ``*.tmp`` shards and race on the index.
+    The kernel drops the lock when the process dies, however it dies, so a crashed run
+    never blocks the next one; the file is removed on the way out. Since another run may
+    have opened the file just before that removal, a lock is only trusted if the path
+    still names the locked file. Yields the locked descriptor: forked workers must close it
+    (:func:`_init_locked_worker`), or one outliving a killed run would keep the lock.
+    """
+    path = out / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise DatasetError(
+                f"{out}: another `data prepare` is writing here"
+                f"{f' (process {holder})' if holder.isdigit() else ''}; wait for it to finish, "
+                f"or choose another output directory"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # removed by the run that held it: lock the new file instead
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield fd
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _init_locked_worker(cfg: dict, lock_fd: int) -> None:
+    """A pool worker's start: drop its inherited copy of the prepare lock, then set up."""
+    os.close(lock_fd)
+    _init_worker(cfg)
+
+
 def prepare_dataset(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -234,52 +288,53 @@ def prepare_dataset(
     params_path = out / "prepare.json"
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (index_path.is_file() or params_path.is_file()):
-        raise DatasetError(f"{out} is not empty and holds no preparation: choose an empty or new directory")
     out.mkdir(parents=True, exist_ok=True)
-    if index_path.is_file():
-        if _read_json(index_path).get("params") == params:
-            log.info("%s: already prepared", out)
-            return _read_json(index_path)
-        raise DatasetError(f"{out} holds a different prepared dataset; choose another OUT or delete it")
-    if params_path.is_file():
-        if _read_json(params_path) != params:
-            raise DatasetError(
-                f"{out} holds an interrupted preparation with other parameters or source files; delete it first"
-            )
-    else:
-        atomic_write_text(params_path, json.dumps(params, indent=1))
-    for tmp in out.glob("*.tmp"):
-        tmp.unlink()
+    with _prepare_lock(out) as lock_fd:
+        if any(p.name != LOCK_FILE for p in out.iterdir()) and not (index_path.is_file() or params_path.is_file()):
+            raise DatasetError(f"{out} is not empty and holds no preparation: choose an empty or new directory")
+        if index_path.is_file():
+            if _read_json(index_path).get("params") == params:
+                log.info("%s: already prepared", out)
+                return _read_json(index_path)
+            raise DatasetError(f"{out} holds a different prepared dataset; choose another OUT or delete it")
+        if params_path.is_file():
+            if _read_json(params_path) != params:
+                raise DatasetError(
+                    f"{out} holds an interrupted preparation with other parameters or source files; delete it first"
+                )
+        else:
+            atomic_write_text(params_path, json.dumps(params, indent=1))
+        for tmp in out.glob("*.tmp"):
+            tmp.unlink()
 
-    stats_split = "train" if "train" in splits else next(iter(splits))
-    jobs = []  # (split, shard number, items)
-    for s, ds in splits.items():
-        items = [(str(p), y) for p, y in ds.samples]
-        for k in range(0, max(len(items), 1), shard_size):
-            jobs.append((s, k // shard_size, items[k : k + shard_size]))
-    total = sum(len(j[2]) for j in jobs)
-    done = [j for j in jobs if _shard_done(out, j[0], j[1])]
-    workers = workers or default_workers()
-    cfg = {"size": size, "encoding": fmt, "quality": quality}
-    # fork: workers inherit the imported modules (start-up in milliseconds, not seconds)
-    pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg,))
-    t0 = time.time()
-    bar = tqdm(total=total, initial=sum(len(j[2]) for j in done), unit="img", disable=not progress, desc="prepare")
-    try:
-        for s, k, items in jobs:
-            if not _shard_done(out, s, k):
-                _write_shard(out, s, k, items, pool, size, compute_statistics and s == stats_split, bar)
-        pool.close()
-    except BaseException:  # Ctrl-C included: stop the workers now; finished shards stay
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
-        bar.close()
-    index = _finalize(out, splits, params, class_names, jobs, stats_split if compute_statistics else None)
-    log.info("prepared %s in %.1f s", out, time.time() - t0)
-    return index
+        stats_split = "train" if "train" in splits else next(iter(splits))
+        jobs = []  # (split, shard number, items)
+        for s, ds in splits.items():
+            items = [(str(p), y) for p, y in ds.samples]
+            for k in range(0, max(len(items), 1), shard_size):
+                jobs.append((s, k // shard_size, items[k : k + shard_size]))
+        total = sum(len(j[2]) for j in jobs)
+        done = [j for j in jobs if _shard_done(out, j[0], j[1])]
+        workers = workers or default_workers()
+        cfg = {"size": size, "encoding": fmt, "quality": quality}
+        # fork: workers inherit the imported modules (start-up in milliseconds, not seconds)
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_locked_worker, initargs=(cfg, lock_fd))
+        t0 = time.time()
+        bar = tqdm(total=total, initial=sum(len(j[2]) for j in done), unit="img", disable=not progress, desc="prepare")
+        try:
+            for s, k, items in jobs:
+                if not _shard_done(out, s, k):
+                    _write_shard(out, s, k, items, pool, size, compute_statistics and s == stats_split, bar)
+            pool.close()
+        except BaseException:  # Ctrl-C included: stop the workers now; finished shards stay
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+            bar.close()
+        index = _finalize(out, splits, params, class_names, jobs, stats_split if compute_statistics else None)
+        log.info("prepared %s in %.1f s", out, time.time() - t0)
+        return index
 
 
 def _listing_digest(ds: FolderDataset) -> str:

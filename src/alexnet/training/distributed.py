@@ -8,7 +8,10 @@ the run is a single process and every collective below is a no-op.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,6 +67,39 @@ def setup(device: torch.device) -> DistInfo:
 
 
 _ROUND_KEY = "alexnet/round_store"
+log = logging.getLogger(__name__)
+
+
+def _listen_on(host: str, multi_node: bool) -> socket.socket | None:
+    """A listening socket on ``host``'s address (port chosen by the kernel), or None for
+    TCPStore's default of every interface.
+
+    TCPStore has no bind-address option: as master it listens on all interfaces, so with
+    ``MASTER_ADDR=127.0.0.1`` anyone on the network could read and write the round's keys
+    (and so steer its workers). Binding the socket here and handing it over as
+    ``master_listen_fd`` keeps the store where the user said it is. One exception: a host
+    name that resolves to loopback on this machine (Debian maps the own hostname to
+    127.0.1.1) while other nodes take part, where binding there would lock those nodes out.
+    """
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return None  # TCPStore reports the unresolvable name itself
+    family, _, _, _, address = infos[0]
+    if multi_node and ipaddress.ip_address(address[0]).is_loopback:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:  # a name, not the literal loopback address the user chose
+            log.warning("MASTER_ADDR %s resolves to %s here: the round store listens on every interface", host, address[0])
+            return None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _round_store(info: DistInfo, timeout: timedelta = timedelta(minutes=10)) -> dist.Store:
@@ -83,7 +119,14 @@ def _round_store(info: DistInfo, timeout: timedelta = timedelta(minutes=10)) -> 
     host = os.environ.get("MASTER_ADDR", "127.0.0.1")
     agent = dist.TCPStore(host, int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
     if info.rank == 0:
-        store = dist.TCPStore(host, 0, info.world_size, is_master=True, timeout=timeout, wait_for_workers=False)
+        multi_node = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)) < info.world_size
+        sock = _listen_on(host, multi_node)
+        if sock is None:
+            store = dist.TCPStore(host, 0, info.world_size, is_master=True, timeout=timeout, wait_for_workers=False)
+        else:
+            port = sock.getsockname()[1]
+            store = dist.TCPStore(host, port, info.world_size, is_master=True, timeout=timeout,
+                                  wait_for_workers=False, master_listen_fd=sock.detach())  # the store owns it now
         agent.set(_ROUND_KEY, f"{host}:{store.port}")
         return store
     deadline = time.monotonic() + timeout.total_seconds()
