@@ -239,6 +239,21 @@ def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, progress: 
         raise DownloadError(f"downloading {url} failed: {what}.") from None
 
 
+def check_url(url: str) -> urllib.parse.SplitResult:
+    """``url`` parsed, or a :class:`DownloadError` naming it: a malformed address (``http://[::1``),
+    a scheme other than http, https or file, or an http(s) address without a host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  (parsing the port is what finds a bad one)
+    except ValueError as exc:
+        raise DownloadError(f"malformed URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https", "file"):
+        raise DownloadError(f"unsupported URL scheme {parts.scheme!r} in {url!r} (use http, https or file)")
+    if parts.scheme != "file" and not parts.hostname:
+        raise DownloadError(f"malformed URL {url!r}: no host")
+    return parts
+
+
 def fetch(
     url: str,
     dest: str | os.PathLike,
@@ -263,11 +278,7 @@ def fetch(
     :class:`ChecksumError`.
     """
     dest = Path(dest)
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in ("http", "https", "file"):
-        raise DownloadError(
-            f"unsupported URL scheme {scheme!r} in {url!r} (use http, https or file)"
-        )
+    check_url(url)
     marker = _complete_marker(dest)
     if dest.is_file():
         if md5 is not None and file_digest(dest) == md5.lower():
@@ -598,7 +609,7 @@ def download_dataset(
     out = Path(out)
     if (out / MARKER).is_file():
         if progress:
-            print(f"{out} already holds {name}; nothing to do")
+            log.info("%s already holds %s; nothing to do", out, name)
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DownloadError(f"{out} exists and is not empty; choose a new directory")
@@ -607,7 +618,7 @@ def download_dataset(
         from alexnet.data.home import data_home
 
         cache_dir = data_home() / "downloads"
-    filename = PurePosixPath(urllib.parse.urlsplit(url).path).name or f"{name}-{variant}.tar.gz"
+    filename = PurePosixPath(check_url(url).path).name or f"{name}-{variant}.tar.gz"
     if not re.fullmatch(r"[A-Za-z0-9._-]+", filename):
         filename = f"{name}-{variant}.tar.gz"
     archive = fetch(url, Path(cache_dir) / filename, expected, progress=progress)
@@ -616,7 +627,7 @@ def download_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         if progress:
-            print(f"unpacking {archive.name} ...")
+            log.info("unpacking %s ...", archive.name)
         convert = cifar10_to_folders if name == "cifar10" else imagenette_to_folders
         counts = convert(archive, tmp)
         record = {
@@ -639,5 +650,5 @@ def download_dataset(
         archive.unlink(missing_ok=True)
         _complete_marker(archive).unlink(missing_ok=True)
     if progress:
-        print(f"{name}: {counts['train']:,} train + {counts['val']:,} val images in {out}")
+        log.info("%s: %s train + %s val images in %s", name, f"{counts['train']:,}", f"{counts['val']:,}", out)
     return out
