@@ -129,6 +129,7 @@ def test_info_gallery_and_page(client: TestClient) -> None:
     for path, ops in spec["paths"].items():
         assert path in docs.text and all(m.upper() in docs.text for m in ops)
     assert client.get("/redoc").status_code == 404
+    assert "`" not in docs.text and "<code>val-12</code>" in docs.text  # markdown code spans shown as code
 
 
 def test_analysis_matches_the_model(client: TestClient, assets: tuple[Path, Path]) -> None:

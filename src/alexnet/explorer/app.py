@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -288,10 +289,17 @@ def create_app(
     return app
 
 
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
 def api_page(spec: dict[str, Any]) -> str:
     """The OpenAPI description as a plain HTML page: each endpoint with its parameters,
-    request body and responses. Server-rendered, no script, nothing fetched from elsewhere."""
-    esc = html.escape
+    request body and responses. Server-rendered, no script, nothing fetched from elsewhere.
+    Descriptions are written with markdown's `code` spans; they are shown as code, not backticks."""
+
+    def esc(text: str) -> str:
+        return _CODE_SPAN.sub(r"<code>\1</code>", html.escape(text))
+
     info = spec.get("info", {})
     parts = [
         "<!doctype html><html lang=en><meta charset=utf-8>",
