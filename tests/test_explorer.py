@@ -378,7 +378,7 @@ def server(assets: tuple[Path, Path]):
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "alexnet", "explore", "--checkpoint", str(checkpoint), "--data", str(data),
-           "--port", str(port), "--log-level", "warning", "--max-upload-mb", "1"]
+           "--port", str(port), "--log-level", "warning", "--max-upload-mb", "1", "--upload-seconds", "4"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -399,6 +399,46 @@ def server(assets: tuple[Path, Path]):
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def _slow_upload(url: str, declared: int = 200_000) -> socket.socket:
+    """A client that declares a large multipart body, sends its start, then goes quiet."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    boundary = "slowslow"
+    s.sendall(
+        f"POST /api/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {declared}\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+        f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n".encode() + b"\x89PNG" + b"\0" * 1000
+    )
+    return s
+
+
+@pytest.mark.reliability
+def test_slow_uploads_cannot_starve_the_others(server: Server, figure) -> None:
+    """16 connections that trickle their bodies (twice the processing slots) do not block a real
+    upload, which is answered while they are all still open; each slow one is then cut off with
+    408 at its deadline (the server runs with --upload-seconds 4)."""
+    slow = [_slow_upload(server.url) for _ in range(16)]
+    try:
+        time.sleep(0.5)  # the slow bodies are being received
+        start = time.monotonic()
+        r = httpx.post(server.url + "/api/predict", files={"file": ("ok.png", _png(seed=7), "image/png")}, timeout=30)
+        answered = time.monotonic() - start
+        assert r.status_code == 200
+        for s in slow:  # none of them has been answered yet: the real upload did not wait for them
+            s.settimeout(0.01)
+            with pytest.raises(TimeoutError):
+                s.recv(1)
+        figure("real upload answered while 16 slow uploads were open (s)", round(answered, 2))
+        statuses = []
+        for s in slow:
+            s.settimeout(15)
+            statuses.append(s.recv(4096).split(b" ", 2)[1])
+        assert statuses == [b"408"] * 16
+    finally:
+        for s in slow:
+            s.close()
 
 
 @pytest.mark.reliability

@@ -32,6 +32,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         index_size=args.index_size,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_upload_pixels=int(args.max_upload_mp * 1_000_000),
+        upload_seconds=args.upload_seconds,
         device=args.device,
     )
     return 0
@@ -56,6 +57,8 @@ def add_explore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float_range(0, 1024, open_lo=True), default=8.0, help="upload size limit in MiB (default 8)")
     p.add_argument("--max-upload-mp", type=float_range(0, 1000, open_lo=True), default=16.0,
                    help="upload pixel limit in megapixels (default 16)")
+    p.add_argument("--upload-seconds", type=float_range(0, 3600, open_lo=True), default=20.0,
+                   help="an upload's body must arrive within this many seconds (default 20)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_explore)

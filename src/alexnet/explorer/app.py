@@ -7,8 +7,9 @@ renders it as one self-contained page (FastAPI's Swagger page loads its code fro
 which a machine offline cannot reach).
 
 Every request is untrusted. Bodies of POST requests are read by :class:`UploadGate`
-before the framework sees them: at most ``max_concurrent_uploads`` at a time, each
-capped in bytes, so neither a flood of uploads nor one huge one can exhaust memory.
+before the framework sees them: each capped in bytes and in time, all of them together
+in memory, and at most ``max_concurrent_uploads`` processed at a time, so neither a flood
+of uploads, nor one huge one, nor clients that send slowly can exhaust memory or starve others.
 Images are addressed by dataset index (``val-12``), never by path, so no request can
 reach a file outside the dataset.
 """
@@ -61,16 +62,31 @@ def _json_error(status: int, detail: str) -> JSONResponse:
 
 
 class UploadGate:
-    """ASGI middleware for POST bodies: bounded concurrency, a byte cap, multipart only.
+    """ASGI middleware for POST bodies: a read deadline, a byte cap, bounded memory and
+    bounded concurrency, multipart only.
 
     The body is read here (at most ``max_bytes`` + the multipart envelope) and replayed to
     the app, so an oversized upload is refused with 413 as soon as it crosses the limit,
-    whether or not it declared a Content-Length.
+    whether or not it declared a Content-Length. Reading takes no processing slot: a client
+    that trickles its body holds only its own connection, and must finish within
+    ``body_seconds`` (and send something every ``idle_seconds``) or get 408. What all
+    connections together may hold in memory while receiving is ``max_buffered`` bytes (503
+    beyond it); only complete bodies wait for one of the ``max_concurrent`` slots.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_concurrent: int = 8) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        max_concurrent: int = 8,
+        body_seconds: float = 20.0,
+        idle_seconds: float = 5.0,
+        max_buffered: int = 256 * 1024 * 1024,
+    ) -> None:
         self.app, self.max_bytes = app, max_bytes
         self.slots = asyncio.Semaphore(max_concurrent)
+        self.body_seconds, self.idle_seconds = body_seconds, idle_seconds
+        self.max_buffered, self.buffered = max_buffered, 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -90,23 +106,15 @@ class UploadGate:
                 scope, receive, send
             )
             return
-        async with self.slots:
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_bytes:
-                    await _json_error(413, f"upload exceeds the limit of {self.max_bytes} bytes")(scope, receive, send)
-                    return
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            body = b"".join(chunks)
-            del chunks
+        held = 0  # bytes of this request counted in self.buffered
+        try:
+            body, refusal = await self._read_body(receive)
+            held = len(body) if body is not None else 0
+            if refusal is not None:
+                await _json_error(*refusal)(scope, receive, send)
+                return
+            if body is None:  # the client went away
+                return
             sent = False
 
             async def replay() -> Message:
@@ -116,7 +124,51 @@ class UploadGate:
                     return {"type": "http.request", "body": body, "more_body": False}
                 return await receive()
 
-            await self.app(scope, replay, send)
+            async with self.slots:
+                await self.app(scope, replay, send)
+        finally:
+            self.buffered -= held
+
+    def _hold(self, n: int) -> bool:
+        """Count ``n`` more bytes as buffered, if all connections together stay within bounds."""
+        if self.buffered + n > self.max_buffered:
+            return False
+        self.buffered += n
+        return True
+
+    async def _read_body(self, receive: Receive) -> tuple[bytes | None, tuple[int, str] | None]:
+        """(body, None), (None, (status, reason)) to refuse, or (None, None) on disconnect.
+        Every byte kept is first counted in ``self.buffered``; on refusal it is given back here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_seconds
+        chunks: list[bytes] = []
+        size = 0
+
+        def refuse(status: int, reason: str) -> tuple[None, tuple[int, str]]:
+            self.buffered -= size
+            return None, (status, reason)
+
+        while True:
+            wait = min(self.idle_seconds, deadline - loop.time())
+            try:
+                if wait <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), wait)
+            except TimeoutError:
+                return refuse(408, f"upload too slow: the body must arrive within {self.body_seconds:g} s, "
+                                   f"with no pause over {self.idle_seconds:g} s")
+            if message["type"] == "http.disconnect":
+                self.buffered -= size
+                return None, None
+            chunk = message.get("body", b"")
+            if size + len(chunk) > self.max_bytes:
+                return refuse(413, f"upload exceeds the limit of {self.max_bytes} bytes")
+            if not self._hold(len(chunk)):
+                return refuse(503, "the server is receiving too many uploads; try again shortly")
+            size += len(chunk)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
 
 
 def create_app(
@@ -126,6 +178,7 @@ def create_app(
     engine: Engine | None = None,
     build_index: bool = True,
     max_concurrent_uploads: int = 8,
+    upload_seconds: float = 20.0,
     max_threads: int = 16,
     **engine_options: Any,
 ) -> FastAPI:
@@ -161,7 +214,13 @@ def create_app(
         redoc_url=None,
     )
     app.state.engine = eng
-    app.add_middleware(UploadGate, max_bytes=eng.max_upload_bytes + 64 * 1024, max_concurrent=max_concurrent_uploads)
+    app.add_middleware(
+        UploadGate,
+        max_bytes=eng.max_upload_bytes + 64 * 1024,
+        max_concurrent=max_concurrent_uploads,
+        body_seconds=upload_seconds,
+        idle_seconds=min(5.0, upload_seconds),
+    )
 
     @app.exception_handler(ExplorerError)
     async def explorer_error(request: Request, exc: ExplorerError) -> JSONResponse:
@@ -350,4 +409,5 @@ def serve(
         eng.meta.model, eng.meta.num_classes, eng.data or "none (upload images)", len(eng.gallery),
     )
     log.info("open http://%s:%d/  (API docs: http://%s:%d/docs)", shown, port, shown, port)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # Connections beyond this many get 503 from uvicorn itself, before any request is read.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=256, timeout_keep_alive=5)
