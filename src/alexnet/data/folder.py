@@ -17,7 +17,11 @@ is probed (cheap: no pixel decode), which catches empty files, non-images and
 decompression bombs; they are left out and listed in ``.bad_files``. Damage that only
 shows when decoding (truncated or corrupt pixel data) is found in ``__getitem__``: the
 file is recorded in ``.bad_files`` and the next good item is returned *with its own label*,
-so a bad file can cost a duplicate but never a wrong label. In a DataLoader worker the
+so a bad file can cost a duplicate but never a wrong label. The search for that item spans
+the whole dataset (any number of bad files in a row), bad files are remembered so later
+epochs do not decode them again, ``.substituted_items`` says how many items each epoch
+replaces, and a class left with no readable image stops with a :class:`DatasetError`
+naming it. :meth:`FolderDataset.load` never substitutes (evaluation uses it). In a DataLoader worker the
 record is made in the worker's copy; the loader of :mod:`alexnet.data.loader` carries it
 back to the dataset in the main process with the batch. ``validate="full"`` decodes
 everything up front instead, and ``alexnet data prepare`` does that once for good.
@@ -130,6 +134,12 @@ class FolderDataset(Dataset):
         self.samples = samples
         self._stats: DatasetStats | None = None
         self._stats_fn = stats_fn
+        self.substitutions = 0  # items replaced by a neighbour in this process (see __getitem__)
+        self._bad_index: set[int] = set()  # indices known not to decode
+        self._bad_synced = 0  # how much of bad_files _bad_index reflects
+        self._index_of: dict[str, int] | None = None
+        self._per_class: dict[int, int] | None = None  # items per label
+        self._bad_per_class: dict[int, int] = {}  # known-bad items per label
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -147,17 +157,76 @@ class FolderDataset(Dataset):
         return load_resized(path, self.image_size), label
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        """Item ``i``, or, when its file does not decode, the next readable item *with its
+        own label* (a substitution, counted in :attr:`substitutions`).
+
+        The search runs over the whole dataset (any number of bad files in a row), and
+        every file found bad is remembered, so later epochs skip it without decoding it
+        again. A class left with no readable image is a :class:`DatasetError` naming it:
+        training on without it would silently learn a different task.
+        """
         n = len(self.samples)
-        for k in range(min(n, 64)):
+        if not -n <= i < n:
+            raise IndexError(f"index {i} outside a dataset of {n} items")
+        i %= n
+        bad = self._known_bad()
+        for k in range(n):
             j = (i + k) % n
+            if j in bad:
+                continue
             try:
-                return self.load(j)
+                item = self.load(j)
             except DecodeError as exc:
-                entry = (self.path_of(j), exc.reason)
-                if entry not in self.bad_files:
-                    self.bad_files.append(entry)
-                    warnings.warn(f"skipping bad image {entry[0]} ({exc})", stacklevel=2)
-        raise RuntimeError(f"no decodable image among 64 items from index {i}")
+                self._mark_bad(j, exc)
+                continue
+            if k:
+                self.substitutions += 1
+            return item
+        raise DatasetError(f"{self.root}: none of the {n} images decodes (all listed in bad_files)")
+
+    def _known_bad(self) -> set[int]:
+        """Indices of samples whose file is known not to decode.
+
+        Kept in step with ``bad_files``, which the loader also fills from worker processes,
+        so a fresh worker copy starts with everything found so far."""
+        if self._bad_synced != len(self.bad_files):
+            if self._index_of is None:
+                self._index_of = {str(p): j for j, (p, _) in enumerate(self.samples)}
+            for path, _ in self.bad_files[self._bad_synced :]:
+                j = self._index_of.get(path)
+                if j is not None and j not in self._bad_index:
+                    self._bad_index.add(j)
+                    label = self.samples[j][1]
+                    self._bad_per_class[label] = self._bad_per_class.get(label, 0) + 1
+            self._bad_synced = len(self.bad_files)
+        return self._bad_index
+
+    def _mark_bad(self, j: int, exc: DecodeError) -> None:
+        entry = (self.path_of(j), exc.reason)
+        if entry not in self.bad_files:
+            self.bad_files.append(entry)
+            warnings.warn(f"skipping bad image {entry[0]} ({exc})", stacklevel=3)
+        self._known_bad()  # takes in the entry (listed now or before)
+        label = self.samples[j][1]
+        if self._per_class is None:
+            self._per_class = {}
+            for _, y in self.samples:
+                self._per_class[y] = self._per_class.get(y, 0) + 1
+        files = self._per_class.get(label, 0)
+        if self._bad_per_class.get(label, 0) >= files:
+            name = self.classes[label] if 0 <= label < len(self.classes) else str(label)
+            raise DatasetError(
+                f"class {name!r} has no readable image: all {files} of its files fail to decode "
+                f"(e.g. {entry[0]}: {exc.reason}); remove or replace them, or remove the class folder"
+            )
+
+    @property
+    def substituted_items(self) -> int:
+        """Items known unreadable, each replaced by a neighbour whenever it is drawn: the
+        number of substitutions per epoch. Computed from ``bad_files``, which the loader
+        brings back from worker processes, so it is right whatever ``num_workers`` is
+        (unlike :attr:`substitutions`, counted in the process that decoded)."""
+        return len(self._known_bad())
 
     def verify(self, progress: bool = False) -> int:
         """Decode every file (the header probe at opening does not see damaged pixel data);
@@ -174,7 +243,13 @@ class FolderDataset(Dataset):
                 if (str(p), exc.reason) not in self.bad_files:
                     self.bad_files.append((str(p), exc.reason))
         self.samples = good
+        self._forget_indices()
         return found
+
+    def _forget_indices(self) -> None:
+        """Reset what is keyed by sample index (after ``samples`` changed)."""
+        self._bad_index, self._bad_synced, self._index_of = set(), 0, None
+        self._per_class, self._bad_per_class = None, {}
 
     def get_batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         """``(uint8 [B, 3, S, S], int64 [B])`` for a list of indices."""
