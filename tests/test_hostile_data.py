@@ -106,3 +106,86 @@ def test_a_class_with_no_readable_image_stops_with_its_name(tmp_path, bad_class)
     ds = open_dataset(_classes(tmp_path / "ds", good, {bad_class: 5}), "train", image_size=8)
     with pytest.warns(UserWarning), pytest.raises(DatasetError, match=rf"class '{bad_class}' has no readable image"):
         list(make_loader(ds, 4, shuffle=True, seed=0, num_workers=0))
+
+
+# --------------------------------------------------------------------- class 3: evaluation counts only what it read
+
+
+def _tiny_model(num_classes: int = 3):
+    from alexnet import create_model
+    from alexnet.checkpoint import ModelMeta
+    from alexnet.data.stats import DatasetStats
+
+    torch.manual_seed(0)
+    classes = [f"c{i}" for i in range(num_classes)]
+    meta = ModelMeta("alexnet_small", num_classes, classes, classes, 16, 16, "channel", DatasetStats.imagenet_fallback(),
+                     {"width": 0.125, "fc_dim": 16})
+    return create_model("alexnet_small", num_classes, width=0.125, fc_dim=16).eval(), meta
+
+
+def _noisy(path: Path, colour: tuple[int, int, int], seed: int) -> Path:
+    """A readable JPEG whose colour is its class, with enough noise that predictions vary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(colour, 60, (20, 20, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path, format="JPEG", quality=95)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "workers", "held_out"),
+    [
+        ((14, 13, 13), (40, 0, 0), 0, False),  # the issue's case: 40 readable + 40 truncated
+        ((5, 9, 2), (1, 7, 3), 1, False),  # scattered, decoded in a worker process
+        ((6, 6, 6), (0, 0, 9), 0, True),  # through a held-out subset (report's --max-eval)
+    ],
+)
+def test_evaluation_counts_only_images_read(tmp_path, figure, good, bad, workers, held_out):
+    from alexnet.data.splits import HeldOut
+    from alexnet.evaluation import class_probs, evaluate
+
+    root = tmp_path / "ds"
+    for c in range(3):
+        for k in range(good[c]):
+            _noisy(root / f"c{c}" / f"g{k:02d}.jpg", COLOURS[c], seed=100 * c + k)
+        for k in range(bad[c]):
+            _truncated(root / f"c{c}" / f"b{k:02d}.jpg", seed=k)
+    ds = open_dataset(root, "train", image_size=16)
+    if held_out:
+        ds = HeldOut(ds, list(range(len(ds)))[::-1])  # every item, in another order
+    model, meta = _tiny_model()
+    result = evaluate((model, meta), ds, batch_size=7, device="cpu", num_workers=workers)
+
+    readable = [i for i in range(len(ds)) if Path(ds.path_of(i)).name.startswith("g")]
+    n_bad = sum(bad)
+    assert result.num_images == len(readable) == sum(good)  # no substitute counted
+    assert result.num_skipped == n_bad and result.confusion.sum() == sum(good)
+    assert sorted(Path(p).name for p, _ in result.skipped) == sorted(
+        Path(ds.path_of(i)).name for i in range(len(ds)) if i not in readable
+    )
+    assert all(r in ("truncated", "corrupt") for _, r in result.skipped)
+    assert result.indices.tolist() == readable  # row r is dataset item indices[r]
+    # the truth: the figures over exactly the readable images
+    items = [ds[i] for i in readable]
+    images, labels = torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    top1 = class_probs(model, meta, images, device="cpu").argmax(1)
+    assert result.top1 == pytest.approx((top1 == labels).float().mean().item())
+    assert torch.equal(result.labels, labels)
+    d = result.to_dict()
+    assert d["num_images"] == sum(good) and d["num_skipped"] == n_bad and len(d["skipped"]) == n_bad
+    if n_bad:
+        assert f"{n_bad} unreadable" in result.format_table()
+    assert {p for p, _ in result.skipped} <= {p for p, _ in ds.bad_files}  # where the CLI looks too
+    figure(f"images counted / readable / unreadable ({sum(good)}+{n_bad})", [result.num_images, sum(good), n_bad])
+
+
+def test_evaluation_of_nothing_readable_says_so(tmp_path):
+    from alexnet.errors import EvaluationError
+    from alexnet.evaluation import evaluate
+
+    root = tmp_path / "ds"
+    for c in range(3):
+        _truncated(root / f"c{c}" / "b.jpg", seed=c)
+    ds = open_dataset(root, "train", image_size=16)
+    with pytest.raises(EvaluationError, match="none of the dataset's 3 images could be read"):
+        evaluate(_tiny_model(), ds, device="cpu")
