@@ -7,6 +7,7 @@ before its fix (see the commit that added it).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,68 @@ def test_evaluation_of_nothing_readable_says_so(tmp_path):
     ds = open_dataset(root, "train", image_size=16)
     with pytest.raises(EvaluationError, match="none of the dataset's 3 images could be read"):
         evaluate(_tiny_model(), ds, device="cpu")
+
+
+# --------------------------------------------------------------------- class 2: symlink loops
+
+
+def _three_classes(root: Path, per_class: int = 3) -> Path:
+    for c in range(3):
+        for k in range(per_class):
+            _jpeg(root / f"c{c}" / f"{k}.jpg", COLOURS[c])
+    return root
+
+
+LINKS = {  # link path (relative to the dataset root) -> target, as `ln -s TARGET PATH` would make it
+    "one loop": {"c0/loop": "."},
+    "two loops (the issue's case)": {"c1/loop": ".", "c1/loop2": "."},
+    "loops in every class": {f"c{c}/{n}": "." for c in range(3) for n in ("a", "b", "c")},
+    "nested loop to the class folder": {"c0/sub/deeper/up": "../.."},
+    "loop to a sub-folder's parent": {"c2/sub/up": ".."},
+    "link to the dataset root": {"c0/root": ".."},
+    "link above the dataset root": {"c1/above": "../.."},
+    "link into another class": {"c0/other": "../c2"},
+    "both classes linked to each other": {"c0/to1": "../c1", "c1/to0": "../c0"},
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", list(LINKS))
+def test_symlink_loops_count_each_real_file_once(tmp_path, figure, case):
+    root = _three_classes(tmp_path / "parent" / "ds")
+    for link, target in LINKS[case].items():
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, root / link)
+    ds = open_dataset(root, "train", image_size=8)
+    per_class = np.bincount(ds.targets, minlength=3).tolist()
+    assert per_class == [3, 3, 3] and len(ds) == 9
+    assert len({os.path.realpath(p) for p, _ in ds.samples}) == 9  # each real file once
+    assert all(_dominant(ds[i][0]) == ds[i][1] for i in range(len(ds)))  # in its own class
+    figure(f"images counted with links: {case}", len(ds))
+
+
+def test_the_same_file_from_two_classes_counts_once_at_its_home(tmp_path):
+    """A file link from one class into another: the file belongs where it really lives;
+    a file reachable only through links counts in the first class; the rest are duplicates."""
+    root = _three_classes(tmp_path / "ds")
+    os.symlink("../c2/0.jpg", root / "c0" / "borrowed.jpg")  # c2's image linked from c0
+    os.link(root / "c1" / "1.jpg", root / "c0" / "hard.jpg")  # a hard link: same file, no link path
+    outside = _jpeg(tmp_path / "elsewhere" / "x.jpg", COLOURS[1])
+    os.symlink(outside, root / "c2" / "x.jpg")
+    os.symlink(outside, root / "c1" / "x.jpg")
+    ds = open_dataset(root, "train", image_size=8)
+    counted = {str(Path(p).relative_to(root)): ds.classes[y] for p, y in ds.samples}
+    assert counted["c2/0.jpg"] == "c2" and "c0/borrowed.jpg" not in counted  # its real home wins
+    assert counted["c0/hard.jpg"] == "c0" and "c1/1.jpg" not in counted  # no link: first class
+    assert counted["c1/x.jpg"] == "c1" and "c2/x.jpg" not in counted  # only via links: first class
+    assert len(ds) == 10
+    dups = sorted(str(Path(p).relative_to(root)) for p, r in ds.bad_files if r == "duplicate")
+    assert dups == ["c0/borrowed.jpg", "c1/1.jpg", "c2/x.jpg"]
+
+
+def test_a_class_folder_linked_to_another_is_all_duplicates(tmp_path):
+    root = _three_classes(tmp_path / "ds")
+    os.symlink("c0", root / "c3")
+    ds = open_dataset(root, "train", image_size=8)
+    assert ds.classes == ["c0", "c1", "c2", "c3"] and np.bincount(ds.targets).tolist() == [3, 3, 3]
+    assert sorted(Path(p).name for p, r in ds.bad_files if r == "duplicate") == ["0.jpg", "1.jpg", "2.jpg"]

@@ -12,6 +12,13 @@ Layouts recognised by :func:`open_folder` (through :func:`alexnet.data.open_data
   under ``ROOT``;
 * a plain class-folder directory ``ROOT/<class>/*``: its only split, ``"train"`` (or ``None``).
 
+Links. Class folders are walked recursively and directory links are followed, but never
+back into a directory already walked (``ln -s . loop``), to the dataset root or above, to
+an ancestor of the class folder, or into another class folder, so every walk ends. Each
+real file (device and inode) is counted once, at its home: the path through no link, else
+the first class in sorted order; every other path to it is listed in ``.bad_files`` as
+``duplicate`` (see :func:`class_files`). So a file is never seen twice an epoch, nor under two labels.
+
 Bad files. Every item is ``(uint8 [3, S, S], label)``. At index time each file's header
 is probed (cheap: no pixel decode), which catches empty files, non-images and
 decompression bombs; they are left out and listed in ``.bad_files``. Damage that only
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,23 +54,121 @@ from alexnet.data.sampling import spaced_indices
 from alexnet.data.stats import STATS_FILE, DatasetStats, load_stats_file, sample_stats
 from alexnet.errors import DatasetError
 
+log = logging.getLogger(__name__)
 CLASS_NAMES_FILE = "class_names.json"  # optional {class folder: readable name} beside the splits
 STATS_SAMPLE = 500  # images used to estimate statistics of a raw folder without stored ones
 SMALL_IMAGE = 64  # datasets whose images are all at most this side keep their native size
 
 
 def class_folders(root: Path) -> list[str]:
-    """Sorted names of the non-hidden sub-directories of ``root``."""
+    """Sorted names of the non-hidden sub-directories of ``root`` (links to directories included)."""
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files_in(folder: Path) -> list[Path]:
-    """Image files under a class folder (recursively; symlinks followed), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f))
-    return sorted(out)
+def _within(path: str, parent: str) -> bool:
+    """Whether real path ``path`` is ``parent`` or lies under it."""
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _scan(folder: Path, *, root: str | None = None, others: Sequence[str] = ()) -> list[tuple[str, tuple, bool]]:
+    """Image files under a class folder, recursively, directory links followed:
+    ``(path, identity, via_link)`` with identity ``(device, inode)`` and ``via_link`` true
+    when the path goes through a link (the file's real home is elsewhere).
+
+    A directory link is *not* followed when it leads back to a directory already walked
+    (``ln -s . loop``), to the dataset ``root`` or above it, or to an ancestor of the class
+    folder (``ln -s .. up``: it would walk the other classes), or into one of the ``others``
+    class folders (real paths); these are skipped and logged. So the walk visits each real
+    directory at most once and always ends.
+    """
+    real_top = os.path.realpath(folder)
+    stops = [os.path.realpath(root)] if root is not None else []
+    if any(_within(stop, real_top) for stop in stops):
+        log.warning("%s: not walked: it is a link to the dataset root or above it", folder)
+        return []
+    visited = {real_top}
+    found: list[tuple[str, tuple, bool]] = []
+    pending = [(str(folder), real_top, folder.is_symlink())]
+    while pending:
+        path, real, via = pending.pop()
+        try:
+            entries = list(os.scandir(path))
+            dev = os.stat(path).st_dev
+        except OSError as exc:
+            log.warning("%s: cannot be listed (%s)", path, exc)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+                link = entry.is_symlink()
+            except OSError:
+                is_dir, link = False, True
+            if is_dir:
+                sub_real = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
+                if sub_real in visited:
+                    if link:
+                        log.info("%s: not followed: leads back to %s, already walked", entry.path, sub_real)
+                    continue
+                if link and (
+                    any(_within(stop, sub_real) for stop in stops)
+                    or _within(real_top, sub_real)
+                    or any(_within(sub_real, o) for o in others)
+                ):
+                    log.info(
+                        "%s: not followed: leads to %s (the dataset root, an ancestor or another class)",
+                        entry.path, sub_real,
+                    )
+                    continue
+                visited.add(sub_real)
+                pending.append((entry.path, sub_real, via or link))
+            elif is_image_file(entry.name):
+                try:  # a plain file's inode comes with the listing; a link's needs a stat
+                    key: tuple = _identity(entry) if link else (dev, entry.inode())
+                except OSError:  # a dangling link: kept, so that the header probe reports it
+                    key = ("path", entry.path)
+                found.append((entry.path, key, via or link))
+    return found
+
+
+def class_files(root: Path, folders: Sequence[str]) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
+    """The image files of each class folder ``root/<folder>``, each real file counted once,
+    and the ``(path, "duplicate")`` of every other path to a file already counted.
+
+    Links make one file reachable by several paths: ``ln -s . loop`` in a class folder,
+    a file link, a hard link, a link from one class folder into another. A file (device
+    and inode) is counted once, at its *home*: the path that goes through no link, else
+    the first class in sorted order (then the first path); every other path to it is
+    listed as a duplicate, never counted, so no image is seen twice per epoch nor under
+    two labels. See :func:`_scan` for which directory links are followed.
+    """
+    real = {c: os.path.realpath(root / c) for c in folders}
+    candidates = []  # (via_link, class position, path, key)
+    for pos, c in enumerate(folders):
+        others = [r for k, r in real.items() if k != c]
+        candidates += [(via, pos, Path(p), key) for p, key, via in _scan(root / c, root=str(root), others=others)]
+    home: dict[tuple, tuple] = {}
+    for cand in candidates:
+        key = cand[3]
+        if key not in home or cand[:3] < home[key][:3]:
+            home[key] = cand
+    files: dict[str, list[Path]] = {c: [] for c in folders}
+    duplicates = []
+    for cand in candidates:
+        if home[cand[3]] is cand:
+            files[folders[cand[1]]].append(cand[2])
+        else:
+            duplicates.append((str(cand[2]), "duplicate"))
+    for c in folders:
+        files[c].sort()
+    duplicates.sort(key=lambda d: Path(d[0]))
+    return files, duplicates
+
+
+def _identity(entry: os.DirEntry) -> tuple[int, int]:
+    st = entry.stat()
+    return st.st_dev, st.st_ino
 
 
 def _load_class_names(roots: Sequence[Path], classes: Sequence[str]) -> list[str]:
@@ -301,12 +407,15 @@ def class_folder_dataset(
         if unknown:
             raise DatasetError(f"{root} has class folders not in the training classes: {unknown[:5]}")
     index = {c: i for i, c in enumerate(classes)}
-    samples = [(p, index[c]) for c in found for p in _files_in(root / c)]
+    files, duplicates = class_files(root, found)
+    samples = [(p, index[c]) for c in found for p in files[c]]
     if not samples:
         raise DatasetError(f"no images found in class folders under {root}")
+    if duplicates:
+        log.info("%s: %d paths lead to files already counted (links); listed as duplicates", root, len(duplicates))
     names = _load_class_names([root, root.parent], classes)
     return FolderDataset(
-        samples, classes, names, image_size, root=root, validate=validate, stats_fn=stats_fn
+        samples, classes, names, image_size, root=root, validate=validate, bad_files=duplicates, stats_fn=stats_fn
     )
 
 
