@@ -255,3 +255,48 @@ def test_a_class_folder_linked_to_another_is_all_duplicates(tmp_path):
     ds = open_dataset(root, "train", image_size=8)
     assert ds.classes == ["c0", "c1", "c2", "c3"] and np.bincount(ds.targets).tolist() == [3, 3, 3]
     assert sorted(Path(p).name for p, r in ds.bad_files if r == "duplicate") == ["0.jpg", "1.jpg", "2.jpg"]
+
+
+# --------------------------------------------------------------------- class 12: one odd image decides nothing
+
+
+SIZE_CASES = {  # name: ([(side, count), ...], expected S)
+    "a 16 px icon among CIFAR images": ([(32, 12), (16, 1)], 32),
+    "one 500 px photo among CIFAR images": ([(32, 12), (500, 1)], 32),
+    "a few photos among many CIFAR images": ([(32, 90), (300, 5), (20, 5)], 32),
+    "64 px ImageNet with odd ones": ([(64, 10), (8, 2), (1000, 2)], 64),
+    "photos with a few thumbnails": ([(300, 9), (32, 3)], 256),
+    "photos with thumbnails of one size": ([(400, 7), (48, 6)], 256),
+    "all different small sides: the median": ([(20, 1), (24, 1), (28, 1), (40, 1), (60, 1)], 28),
+}
+
+
+@pytest.mark.parametrize("case", list(SIZE_CASES))
+def test_the_stored_size_is_decided_by_the_majority(tmp_path, caplog, figure, case):
+    import logging
+
+    sizes, expected = SIZE_CASES[case]
+    root = tmp_path / "ds"
+    k = 0
+    for side, count in sizes:
+        for _ in range(count):  # spread over two classes, odd images mixed in by name
+            _jpeg(root / f"c{k % 2}" / f"{(k * 7919) % 1000:03d}_{k}.jpg", COLOURS[k % 2], (side, side + 3))
+            k += 1
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        ds = open_dataset(root, "train")
+    assert ds.image_size == expected
+    assert ds.size_note.startswith(f"S={expected}:")
+    assert any(ds.size_note in r.getMessage() for r in caplog.records)  # said, not printed
+    assert ds[0][0].shape == (3, expected, expected)
+    figure(f"stored side: {case}", ds.image_size)
+
+
+def test_a_given_size_is_kept_and_said(tmp_path):
+    from alexnet.data.dataset import describe_dataset
+
+    root = tmp_path / "ds"
+    for k in range(4):
+        _jpeg(root / "a" / f"{k}.jpg", COLOURS[0], (32, 32))
+    assert open_dataset(root, "train", image_size=16).size_note == "S=16 (given)"
+    info = describe_dataset(root)
+    assert info.splits[0].size_note.startswith("S=32: the most common shorter side of 4 probed images")

@@ -111,6 +111,7 @@ class SplitInfo:
     shards: int = 0  # prepared datasets
     megabytes: float = 0.0
     verified: str = ""  # what --verify checked, e.g. "checksums OK" or "every file decoded"
+    size_note: str = ""  # how S was decided for a folder dataset, e.g. "S=32: the most common ..."
 
 
 @dataclass
@@ -147,7 +148,7 @@ def describe_dataset(path: str | os.PathLike, verify: bool = False, progress: bo
             found = ds.verify(progress)
             verified = f"every file decoded ({found} unreadable)" if found else "every file decodes"
         counts = np.bincount(np.asarray(ds.targets, dtype=np.int64), minlength=len(ds.classes))  # type: ignore[attr-defined]
-        split = SplitInfo(name, ds, counts.tolist(), verified=verified)
+        split = SplitInfo(name, ds, counts.tolist(), verified=verified, size_note=getattr(ds, "size_note", ""))
         if isinstance(ds, PreparedDataset):
             split.shards = len(ds.shards)
             split.megabytes = sum(sh["bytes"] for sh in ds.shards) / 2**20

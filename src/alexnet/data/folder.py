@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -57,7 +58,8 @@ from alexnet.errors import DatasetError
 log = logging.getLogger(__name__)
 CLASS_NAMES_FILE = "class_names.json"  # optional {class folder: readable name} beside the splits
 STATS_SAMPLE = 500  # images used to estimate statistics of a raw folder without stored ones
-SMALL_IMAGE = 64  # datasets whose images are all at most this side keep their native size
+SMALL_IMAGE = 64  # datasets whose images are mostly at most this side keep their native size
+SIZE_PROBE = 64  # image headers read to decide the stored side
 
 
 def class_folders(root: Path) -> list[str]:
@@ -186,18 +188,42 @@ def _load_class_names(roots: Sequence[Path], classes: Sequence[str]) -> list[str
     return [names.get(c, readable_name(c)) for c in classes]
 
 
-def infer_image_size(paths: Sequence[Path], default: int = 256, probe: int = 16) -> int:
-    """Native side for small-image datasets (CIFAR: 32), else the paper's 256."""
+def decide_image_size(paths: Sequence[Path], default: int = 256, probe: int = SIZE_PROBE) -> tuple[int, str]:
+    """The stored side ``S`` for these images, and a sentence saying how it was decided.
+
+    The shorter side of up to ``probe`` evenly spaced images is read from their headers
+    (cheap). When most of them are small (at most ``SMALL_IMAGE`` px: CIFAR, 64 px
+    ImageNet), ``S`` is their most common shorter side (the median when no side repeats),
+    so the dataset keeps its native size; otherwise the paper's ``default`` (256). A
+    majority decides, not the extremes: one 16 px icon among CIFAR images must not make
+    ``S`` = 16, nor one 500 px photo make the folder ImageNet-sized.
+    """
     sides = []
     for i in spaced_indices(len(paths), probe):
-        p = paths[i]
         try:
-            sides.append(probe_image(p))
+            sides.append(min(probe_image(paths[i])))
         except DecodeError:
             continue
-    if sides and max(max(s) for s in sides) <= SMALL_IMAGE:
-        return min(min(s) for s in sides)
-    return default
+    if not sides:
+        return default, f"S={default}: no image header could be read (the default)"
+    small = sorted(x for x in sides if x <= SMALL_IMAGE)
+    if 2 * len(small) <= len(sides):
+        return default, (
+            f"S={default}: {len(sides) - len(small)} of {len(sides)} probed images are larger than {SMALL_IMAGE} px"
+        )
+    counts = Counter(small)
+    top = max(counts.values())
+    size = max(x for x, k in counts.items() if k == top) if top > 1 else small[(len(small) - 1) // 2]
+    odd = len(sides) - counts[size]
+    return size, (
+        f"S={size}: the {'most common' if top > 1 else 'median'} shorter side of {len(sides)} probed images "
+        f"({counts[size]} are {size} px; {odd} of another size are resized to it)"
+    )
+
+
+def infer_image_size(paths: Sequence[Path], default: int = 256, probe: int = SIZE_PROBE) -> int:
+    """Native side for small-image datasets (CIFAR: 32), else the paper's 256 (see :func:`decide_image_size`)."""
+    return decide_image_size(paths, default, probe)[0]
 
 
 class FolderDataset(Dataset):
@@ -223,7 +249,10 @@ class FolderDataset(Dataset):
         self.bad_files: list[tuple[str, str]] = list(bad_files)
         samples = [(Path(p), int(y)) for p, y in samples]
         if image_size is None:
-            image_size = infer_image_size([p for p, _ in samples])
+            image_size, self.size_note = decide_image_size([p for p, _ in samples])
+            log.info("%s: %s", root or "dataset", self.size_note)
+        else:
+            self.size_note = f"S={int(image_size)} (given)"
         self.image_size = int(image_size)
         if validate != "none":
             good = []
