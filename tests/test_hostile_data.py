@@ -300,3 +300,151 @@ def test_a_given_size_is_kept_and_said(tmp_path):
     assert open_dataset(root, "train", image_size=16).size_note == "S=16 (given)"
     info = describe_dataset(root)
     assert info.splits[0].size_note.startswith("S=32: the most common shorter side of 4 probed images")
+
+
+# --------------------------------------------------------------------- class 10: verify every file of a prepared dataset
+
+
+@pytest.fixture(scope="module")
+def prepared_src(tmp_path_factory) -> Path:
+    from alexnet.data.prepared import prepare_dataset
+
+    src = tmp_path_factory.mktemp("hostile_src")
+    for split, n in (("train", 4), ("val", 2)):
+        for c in range(3):
+            for k in range(n):
+                _noisy(src / split / f"c{c}" / f"{k}.jpg", COLOURS[c], seed=10 * c + k)
+    out = tmp_path_factory.mktemp("hostile_prep") / "raw"
+    prepare_dataset(src, out, size=8, fmt="raw", workers=1, shard_size=5, progress=False)
+    return out
+
+
+def _copy(prepared: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(prepared, tmp_path / "copy"))
+
+
+def _swap_labels(root: Path, split: str) -> str:
+    name = f"{split}.labels.npy"
+    labels = np.load(root / name)
+    i, j = 0, int(np.nonzero(labels != labels[0])[0][0])
+    labels[[i, j]] = labels[[j, i]]  # still in range: only the checksum can tell
+    np.save(root / name, labels)
+    return name
+
+
+def _swap_items(root: Path, split: str) -> str:
+    name = f"{split}.items.npy"
+    items = np.load(root / name)
+    items[[0, 1]] = items[[1, 0]]  # two images trade places inside their shard
+    np.save(root / name, items)
+    return name
+
+
+def _rename_source(root: Path, split: str) -> str:
+    import json
+
+    name = f"{split}.sources.json"
+    sources = json.loads((root / name).read_text())
+    sources[0] = sources[0] + ".elsewhere"
+    (root / name).write_text(json.dumps(sources))
+    return name
+
+
+def _flip_stats(root: Path, split: str) -> str:
+    data = bytearray((root / "stats.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (root / "stats.safetensors").write_bytes(bytes(data))
+    return "stats.safetensors"
+
+
+def _rename_class(root: Path, split: str) -> str:
+    import json
+
+    index = json.loads((root / "index.json").read_text())
+    index["class_names"][0] = "not what it was"
+    (root / "index.json").write_text(json.dumps(index))
+    return "index.json"
+
+
+def _forget_bad_file(root: Path, split: str) -> str:
+    import json
+
+    index = json.loads((root / "index.json").read_text())
+    index["splits"][split]["bad_files"].append(["/somewhere/x.jpg", "corrupt"])
+    (root / "index.json").write_text(json.dumps(index, indent=4))
+    return "index.json"
+
+
+EDITS = [_swap_labels, _swap_items, _rename_source, _flip_stats, _rename_class, _forget_bad_file]
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("edit", EDITS, ids=[e.__name__ for e in EDITS])
+def test_verify_sees_an_edit_of_any_file(prepared_src, tmp_path, capsys, edit, split):
+    from alexnet.cli import main as cli
+    from alexnet.data.dataset import describe_dataset
+    from alexnet.data.prepared import PreparedDataset, ShardCorruptError
+
+    root = _copy(prepared_src, tmp_path)
+    PreparedDataset(root, split).verify()  # nothing wrong before the edit
+    name = edit(root, split)
+    ds = open_dataset(root, split)  # the edit is self-consistent: opening cannot tell
+    with pytest.raises(ShardCorruptError, match=name.replace(".", r"\.")):
+        ds.verify()
+    with pytest.raises(ShardCorruptError):
+        describe_dataset(root, verify=True)
+    assert cli(["data", "info", str(root), "--verify"]) == 2
+    assert name in capsys.readouterr().err
+
+
+def test_a_reformatted_index_still_verifies(prepared_src, tmp_path):
+    import json
+
+    root = _copy(prepared_src, tmp_path)
+    index = json.loads((root / "index.json").read_text())
+    (root / "index.json").write_text(json.dumps(dict(reversed(list(index.items()))), indent=3))  # same content
+    assert open_dataset(root, "train").verify() == []
+
+
+def test_an_index_without_checksums_opens_and_says_what_it_could_not_check(prepared_src, tmp_path, capsys):
+    import json
+
+    from alexnet.cli import main as cli
+    from alexnet.data.dataset import describe_dataset
+
+    root = _copy(prepared_src, tmp_path)
+    index = json.loads((root / "index.json").read_text())
+    for key in ("index_sha256", "stats_sha256"):
+        del index[key]
+    for info in index["splits"].values():
+        del info["files"]
+    (root / "index.json").write_text(json.dumps(index, indent=1))  # as the previous version wrote it
+    ds = open_dataset(root, "train")
+    assert ds.verify() == ["train.items.npy", "train.labels.npy", "train.sources.json", "stats.safetensors", "index.json"]
+    verified = describe_dataset(root, verify=True).splits[0].verified
+    assert "could not" not in verified and "except train.items.npy" in verified and "older" in verified
+    assert cli(["data", "info", str(root), "--verify"]) == 0
+    assert "except" in capsys.readouterr().out
+
+
+def test_stored_statistics_keep_the_checksums_right(prepared_src, tmp_path):
+    from alexnet.data.dataset import store_stats
+
+    root = _copy(prepared_src, tmp_path)
+    store_stats(root, max_images=3)  # rewrites stats.safetensors and the index
+    assert open_dataset(root, "train").verify() == []
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [np.full(6, 3), np.full(6, -1), np.array([0, 1, 2, 0, 1, 2**40]), np.array([0, 1, 2, 0, 1, 1.5]),
+     np.array([0, 1, 2, 0, 1, 2], np.float32)],
+    ids=["== classes", "negative", "huge", "fraction", "float"],
+)
+def test_labels_that_name_no_class_are_refused_at_open(prepared_src, tmp_path, labels):
+    root = _copy(prepared_src, tmp_path)
+    np.save(root / "val.labels.npy", labels)
+    with pytest.raises(DatasetError, match="labels"):
+        open_dataset(root, "val")
