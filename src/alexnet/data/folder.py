@@ -227,7 +227,12 @@ def infer_image_size(paths: Sequence[Path], default: int = 256, probe: int = SIZ
 
 
 class FolderDataset(Dataset):
-    """A list of ``(file, label)`` decoded on access to the paper's ``S`` x ``S`` patch."""
+    """A list of ``(file, label)`` decoded on access to the paper's ``S`` x ``S`` patch.
+
+    ``image_size`` None decides ``S`` from the images (:func:`decide_image_size`);
+    ``size_note`` says what was decided and why. ``substituted_items`` counts the items
+    that ``__getitem__`` replaces by a readable neighbour (see the module notes).
+    """
 
     def __init__(
         self,
