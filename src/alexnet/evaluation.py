@@ -9,6 +9,12 @@ exactly the way training did:
 * :func:`dataset_probs`: the same over a whole dataset, averaging the softmax over the
   models of an ensemble (the paper's "5 CNNs" row).
 * :func:`evaluate` -> :class:`EvalResult` (errors, per-class accuracy, confusion matrix).
+
+Every figure counts only images actually read. A folder dataset replaces an unreadable
+file by a neighbouring good one when *training* asks for it (:class:`~alexnet.data.folder.FolderDataset`);
+here that would count the neighbour twice and miss the unreadable image, so evaluation
+reads each item without substitution (:func:`strict_view`), leaves the unreadable ones
+out and lists them in :attr:`EvalResult.skipped`.
 * :func:`predict_images` -> top-k labels with probabilities for individual images.
 """
 
@@ -23,10 +29,11 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from alexnet.checkpoint import ModelMeta
 from alexnet.devices import resolve_device
-from alexnet.errors import EvaluationError, ImageLoadError
+from alexnet.errors import DECODE_REASONS, DecodeError, EvaluationError, ImageLoadError
 
 ModelAndMeta = tuple[nn.Module, ModelMeta]
 
@@ -48,6 +55,62 @@ def iter_batches(
     )
     for images, labels in loader:
         yield images, labels.to(torch.int64)
+
+
+def _strict_item(dataset: Any, i: int) -> tuple[Tensor, int]:
+    """Item ``i`` as stored, or :class:`DecodeError`: ``load`` where the dataset has one
+    (a folder dataset's ``__getitem__`` would substitute a neighbour), through a subset's
+    ``base``/``indices`` (``HeldOut``) down to it."""
+    if hasattr(dataset, "load"):
+        return dataset.load(i)
+    base, indices = getattr(dataset, "base", None), getattr(dataset, "indices", None)
+    if base is not None and indices is not None:
+        return _strict_item(base, indices[i])
+    return dataset[i]
+
+
+def _substitutes(dataset: Any) -> bool:
+    """Whether ``dataset`` (or the dataset under a subset of it) may replace an unreadable item."""
+    while dataset is not None:
+        if hasattr(dataset, "load"):
+            return True
+        dataset = getattr(dataset, "base", None)
+    return False
+
+
+class StrictView(Dataset):
+    """A dataset read without substitution: an unreadable item comes back as a zero image
+    with label ``-1 - DECODE_REASONS.index(reason)``, so the reason travels with the batch
+    from whichever worker process decoded it; :func:`evaluate` leaves those items out."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.image_size = int(dataset.image_size)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        try:
+            return _strict_item(self.dataset, i)
+        except DecodeError as exc:
+            s = self.image_size
+            return torch.zeros(3, s, s, dtype=torch.uint8), -1 - DECODE_REASONS.index(exc.reason)
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        items = [self[i] for i in indices]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
+
+
+def strict_view(dataset: Any) -> Any:
+    """``dataset`` as evaluation must read it: a :class:`StrictView` when it could substitute
+    an unreadable item (folder datasets), else itself (prepared data keeps its fast path)."""
+    return StrictView(dataset) if _substitutes(dataset) else dataset
+
+
+def unreadable_reason(label: int) -> str | None:
+    """The decode reason a :class:`StrictView` label stands for, or None for a real label."""
+    return DECODE_REASONS[-1 - label] if label < 0 else None
 
 
 def fit_images(images: Tensor, size: int) -> Tensor:
@@ -148,27 +211,66 @@ def dataset_probs(
     device: torch.device | str | None = None,
     num_workers: int | None = 0,
     progress: bool = False,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(probs [B, C], labels [B])`` batches over ``dataset``, averaged over the ensemble.
+    """Yield ``(probs [B, C], labels [B])`` batches over the readable images of ``dataset``,
+    averaged over the ensemble.
 
     Labels are mapped into the models' class space (see :func:`label_map`). Each member
     uses its own preprocessing (statistics, crop size), so differently trained models mix.
+    Unreadable images are left out (never replaced by a neighbour); ``skipped``, if given,
+    receives their ``(path, reason)``.
     """
+    for probs, labels, _ in _scored_batches(models, dataset, crops, batch_size, device, num_workers, progress, skipped):
+        yield probs, labels
+
+
+def _scored_batches(
+    models: Sequence[ModelAndMeta],
+    dataset: Any,
+    crops: int,
+    batch_size: int,
+    device: torch.device | str | None,
+    num_workers: int | None,
+    progress: bool,
+    skipped: list[tuple[str, str]] | None,
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """``(probs, labels, dataset indices)`` of the readable images, batch by batch."""
     if not models:
         raise EvaluationError("no model to evaluate")
     check_ensemble([meta for _, meta in models])
     predictors = [Predictor(m, meta, crops, device) for m, meta in models]
     mapping = label_map(list(dataset.classes), models[0][1].classes)
-    batches = iter_batches(dataset, batch_size, num_workers)
+    batches = iter_batches(strict_view(dataset), batch_size, num_workers)
     if progress:
         from tqdm import tqdm
 
         batches = tqdm(batches, total=math.ceil(len(dataset) / batch_size), unit="batch", desc="evaluate")
+    start = 0  # batches come in index order (no shuffle, one process)
     for images, labels in batches:
+        indices = torch.arange(start, start + len(labels))
+        start += len(labels)
+        bad = labels < 0
+        if bad.any():
+            for i, y in zip(indices[bad].tolist(), labels[bad].tolist(), strict=True):
+                entry = (_path_of(dataset, i), unreadable_reason(y) or "unreadable")
+                if skipped is not None:
+                    skipped.append(entry)
+            keep = ~bad
+            images, labels, indices = images[keep], labels[keep], indices[keep]
+            if not len(labels):
+                continue
         probs = predictors[0].probs(images)
         for p in predictors[1:]:
             probs = probs + p.probs(images).to(probs.device)
-        yield probs / len(predictors), mapping[labels].to(probs.device)
+        yield probs / len(predictors), mapping[labels].to(probs.device), indices
+
+
+def _path_of(dataset: Any, i: int) -> str:
+    try:
+        return str(dataset.path_of(i))
+    except (AttributeError, IndexError, OSError, ValueError):
+        return f"item {i}"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -179,7 +281,11 @@ class EvalResult:
     """Accuracy figures of one model or ensemble on one dataset split.
 
     ``confusion[t, p]`` counts images of true class t predicted (top-1) as p, in the model's
-    class space. ``top_idx``/``top_prob`` keep each image's top-5 for reports.
+    class space. ``top_idx``/``top_prob`` keep each image's top-5 for reports; row ``r``
+    is dataset item ``indices[r]``.
+
+    ``num_images`` counts the images actually read, and every figure is over them alone;
+    ``skipped`` lists ``(path, reason)`` of the unreadable ones, left out (never replaced).
     """
 
     num_images: int
@@ -193,6 +299,13 @@ class EvalResult:
     top_idx: Tensor | None = None  # int64 [N, k]
     top_prob: Tensor | None = None  # float32 [N, k]
     labels: Tensor | None = None  # int64 [N], model class space
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable: (path, reason)
+    indices: Tensor | None = None  # int64 [N]: the dataset item of each row
+
+    @property
+    def num_skipped(self) -> int:
+        """Images of the dataset that could not be read and are in no figure."""
+        return len(self.skipped)
 
     @property
     def top1_error(self) -> float:
@@ -216,6 +329,8 @@ class EvalResult:
     def to_dict(self, confusion: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
             "num_images": self.num_images,
+            "num_skipped": self.num_skipped,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "crops": self.crops,
             "models": self.models,
             "top1_accuracy": self.top1,
@@ -238,8 +353,9 @@ class EvalResult:
     def format_table(self, max_classes: int = 20) -> str:
         """Human-readable summary: the paper's error figures, then per-class accuracy."""
         what = " + ".join(Path(m).name for m in self.models) or "model"
+        skipped = f" ({self.num_skipped:,} unreadable, skipped and not counted)" if self.skipped else ""
         lines = [
-            f"{what}: {self.num_images:,} images, {'10-crop' if self.crops == 10 else 'centre crop'}",
+            f"{what}: {self.num_images:,} images{skipped}, {'10-crop' if self.crops == 10 else 'centre crop'}",
             "",
             f"{'':8}{'accuracy':>10}{'error':>10}",
             f"{'top-1':8}{self.top1 * 100:>9.2f}%{self.top1_error * 100:>9.2f}%",
@@ -274,7 +390,9 @@ def evaluate(
     progress: bool = False,
     names: Sequence[str] = (),
 ) -> EvalResult:
-    """Top-1/top-5 accuracy, per-class accuracy and the confusion matrix of a model or ensemble."""
+    """Top-1/top-5 accuracy, per-class accuracy and the confusion matrix of a model or ensemble,
+    over the images actually read; unreadable ones are listed in ``skipped`` (and added to
+    ``dataset.bad_files``), never replaced by a neighbour."""
     if isinstance(models, tuple) and len(models) == 2 and isinstance(models[0], nn.Module):
         models = [models]
     models = list(models)
@@ -283,8 +401,10 @@ def evaluate(
     k = min(5, c)
     confusion = torch.zeros(c * c, dtype=torch.int64)
     top1 = top5 = n = 0
-    idx_parts, prob_parts, label_parts = [], [], []
-    for probs, labels in dataset_probs(models, dataset, crops, batch_size, device, num_workers, progress):
+    idx_parts, prob_parts, label_parts, row_parts = [], [], [], []
+    skipped: list[tuple[str, str]] = []
+    batches = _scored_batches(models, dataset, crops, batch_size, device, num_workers, progress, skipped)
+    for probs, labels, rows in batches:
         top_prob, top_idx = probs.topk(k, dim=1)
         hit = top_idx == labels.unsqueeze(1)
         top1 += int(hit[:, 0].sum())
@@ -294,7 +414,15 @@ def evaluate(
         idx_parts.append(top_idx.cpu())
         prob_parts.append(top_prob.cpu())
         label_parts.append(labels.cpu())
+        row_parts.append(rows)
+    bad = getattr(dataset, "bad_files", None)
+    if isinstance(bad, list):  # where `data info` and the CLI look for unreadable files
+        bad.extend(e for e in skipped if e not in bad)
     if n == 0:
+        if skipped:
+            raise EvaluationError(
+                f"none of the dataset's {len(skipped)} images could be read (e.g. {skipped[0][0]}: {skipped[0][1]})"
+            )
         raise EvaluationError("the dataset has no images to evaluate")
     return EvalResult(
         num_images=n,
@@ -308,6 +436,8 @@ def evaluate(
         top_idx=torch.cat(idx_parts),
         top_prob=torch.cat(prob_parts),
         labels=torch.cat(label_parts),
+        skipped=skipped,
+        indices=torch.cat(row_parts),
     )
 
 

@@ -111,6 +111,7 @@ class SplitInfo:
     shards: int = 0  # prepared datasets
     megabytes: float = 0.0
     verified: str = ""  # what --verify checked, e.g. "checksums OK" or "every file decoded"
+    size_note: str = ""  # how S was decided for a folder dataset, e.g. "S=32: the most common ..."
 
 
 @dataclass
@@ -130,8 +131,10 @@ class DatasetInfo:
 
 def describe_dataset(path: str | os.PathLike, verify: bool = False, progress: bool = False) -> DatasetInfo:
     """Open every split of the dataset at ``path`` and collect counts, classes and stored
-    statistics. ``verify`` checks every shard's checksum of a prepared dataset, and decodes
-    every file of a folder dataset (listing the unreadable ones in its ``bad_files``)."""
+    statistics. ``verify`` checks the checksum of every file of a prepared dataset (shards,
+    index arrays, statistics, the index itself; an older index without some checksums says
+    which files it could not check), and decodes every file of a folder dataset (listing
+    the unreadable ones in its ``bad_files``)."""
     root = Path(path)
     if (root / INDEX_FILE).is_file():
         index = read_index(root)
@@ -147,13 +150,18 @@ def describe_dataset(path: str | os.PathLike, verify: bool = False, progress: bo
             found = ds.verify(progress)
             verified = f"every file decoded ({found} unreadable)" if found else "every file decodes"
         counts = np.bincount(np.asarray(ds.targets, dtype=np.int64), minlength=len(ds.classes))  # type: ignore[attr-defined]
-        split = SplitInfo(name, ds, counts.tolist(), verified=verified)
+        split = SplitInfo(name, ds, counts.tolist(), verified=verified, size_note=getattr(ds, "size_note", ""))
         if isinstance(ds, PreparedDataset):
             split.shards = len(ds.shards)
             split.megabytes = sum(sh["bytes"] for sh in ds.shards) / 2**20
             if verify:
-                ds.verify(progress)
-                split.verified = "checksums OK"
+                unchecked = ds.verify(progress)
+                split.verified = (
+                    f"checksums OK, except {', '.join(unchecked)}: no checksum recorded (prepared by an older "
+                    "version; prepare again to check them)"
+                    if unchecked
+                    else "checksums OK (every file)"
+                )
         info.splits.append(split)
     if info.stats_path.is_file():
         info.stats = load_stats_file(info.stats_path)

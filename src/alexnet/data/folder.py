@@ -12,12 +12,23 @@ Layouts recognised by :func:`open_folder` (through :func:`alexnet.data.open_data
   under ``ROOT``;
 * a plain class-folder directory ``ROOT/<class>/*``: its only split, ``"train"`` (or ``None``).
 
+Links. Class folders are walked recursively and directory links are followed, but never
+back into a directory already walked (``ln -s . loop``), to the dataset root or above, to
+an ancestor of the class folder, or into another class folder, so every walk ends. Each
+real file (device and inode) is counted once, at its home: the path through no link, else
+the first class in sorted order; every other path to it is listed in ``.bad_files`` as
+``duplicate`` (see :func:`class_files`). So a file is never seen twice an epoch, nor under two labels.
+
 Bad files. Every item is ``(uint8 [3, S, S], label)``. At index time each file's header
 is probed (cheap: no pixel decode), which catches empty files, non-images and
 decompression bombs; they are left out and listed in ``.bad_files``. Damage that only
 shows when decoding (truncated or corrupt pixel data) is found in ``__getitem__``: the
 file is recorded in ``.bad_files`` and the next good item is returned *with its own label*,
-so a bad file can cost a duplicate but never a wrong label. In a DataLoader worker the
+so a bad file can cost a duplicate but never a wrong label. The search for that item spans
+the whole dataset (any number of bad files in a row), bad files are remembered so later
+epochs do not decode them again, ``.substituted_items`` says how many items each epoch
+replaces, and a class left with no readable image stops with a :class:`DatasetError`
+naming it. :meth:`FolderDataset.load` never substitutes (evaluation uses it). In a DataLoader worker the
 record is made in the worker's copy; the loader of :mod:`alexnet.data.loader` carries it
 back to the dataset in the main process with the batch. ``validate="full"`` decodes
 everything up front instead, and ``alexnet data prepare`` does that once for good.
@@ -27,8 +38,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,23 +55,122 @@ from alexnet.data.sampling import spaced_indices
 from alexnet.data.stats import STATS_FILE, DatasetStats, load_stats_file, sample_stats
 from alexnet.errors import DatasetError
 
+log = logging.getLogger(__name__)
 CLASS_NAMES_FILE = "class_names.json"  # optional {class folder: readable name} beside the splits
 STATS_SAMPLE = 500  # images used to estimate statistics of a raw folder without stored ones
-SMALL_IMAGE = 64  # datasets whose images are all at most this side keep their native size
+SMALL_IMAGE = 64  # datasets whose images are mostly at most this side keep their native size
+SIZE_PROBE = 64  # image headers read to decide the stored side
 
 
 def class_folders(root: Path) -> list[str]:
-    """Sorted names of the non-hidden sub-directories of ``root``."""
+    """Sorted names of the non-hidden sub-directories of ``root`` (links to directories included)."""
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files_in(folder: Path) -> list[Path]:
-    """Image files under a class folder (recursively; symlinks followed), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f))
-    return sorted(out)
+def _within(path: str, parent: str) -> bool:
+    """Whether real path ``path`` is ``parent`` or lies under it."""
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _scan(folder: Path, *, root: str | None = None, others: Sequence[str] = ()) -> list[tuple[str, tuple, bool]]:
+    """Image files under a class folder, recursively, directory links followed:
+    ``(path, identity, via_link)`` with identity ``(device, inode)`` and ``via_link`` true
+    when the path goes through a link (the file's real home is elsewhere).
+
+    A directory link is *not* followed when it leads back to a directory already walked
+    (``ln -s . loop``), to the dataset ``root`` or above it, or to an ancestor of the class
+    folder (``ln -s .. up``: it would walk the other classes), or into one of the ``others``
+    class folders (real paths); these are skipped and logged. So the walk visits each real
+    directory at most once and always ends.
+    """
+    real_top = os.path.realpath(folder)
+    stops = [os.path.realpath(root)] if root is not None else []
+    if any(_within(stop, real_top) for stop in stops):
+        log.warning("%s: not walked: it is a link to the dataset root or above it", folder)
+        return []
+    visited = {real_top}
+    found: list[tuple[str, tuple, bool]] = []
+    pending = [(str(folder), real_top, folder.is_symlink())]
+    while pending:
+        path, real, via = pending.pop()
+        try:
+            entries = list(os.scandir(path))
+            dev = os.stat(path).st_dev
+        except OSError as exc:
+            log.warning("%s: cannot be listed (%s)", path, exc)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+                link = entry.is_symlink()
+            except OSError:
+                is_dir, link = False, True
+            if is_dir:
+                sub_real = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
+                if sub_real in visited:
+                    if link:
+                        log.info("%s: not followed: leads back to %s, already walked", entry.path, sub_real)
+                    continue
+                if link and (
+                    any(_within(stop, sub_real) for stop in stops)
+                    or _within(real_top, sub_real)
+                    or any(_within(sub_real, o) for o in others)
+                ):
+                    log.info(
+                        "%s: not followed: leads to %s (the dataset root, an ancestor or another class)",
+                        entry.path, sub_real,
+                    )
+                    continue
+                visited.add(sub_real)
+                pending.append((entry.path, sub_real, via or link))
+            elif is_image_file(entry.name):
+                try:  # a plain file's inode comes with the listing; a link's needs a stat
+                    key: tuple = _identity(entry) if link else (dev, entry.inode())
+                except OSError:  # a dangling link: kept, so that the header probe reports it
+                    key = ("path", entry.path)
+                found.append((entry.path, key, via or link))
+    return found
+
+
+def class_files(root: Path, folders: Sequence[str]) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
+    """The image files of each class folder ``root/<folder>``, each real file counted once,
+    and the ``(path, "duplicate")`` of every other path to a file already counted.
+
+    Links make one file reachable by several paths: ``ln -s . loop`` in a class folder,
+    a file link, a hard link, a link from one class folder into another. A file (device
+    and inode) is counted once, at its *home*: the path that goes through no link, else
+    the first class in sorted order (then the first path); every other path to it is
+    listed as a duplicate, never counted, so no image is seen twice per epoch nor under
+    two labels. See :func:`_scan` for which directory links are followed.
+    """
+    real = {c: os.path.realpath(root / c) for c in folders}
+    candidates = []  # (via_link, class position, path, key)
+    for pos, c in enumerate(folders):
+        others = [r for k, r in real.items() if k != c]
+        candidates += [(via, pos, Path(p), key) for p, key, via in _scan(root / c, root=str(root), others=others)]
+    home: dict[tuple, tuple] = {}
+    for cand in candidates:
+        key = cand[3]
+        if key not in home or cand[:3] < home[key][:3]:
+            home[key] = cand
+    files: dict[str, list[Path]] = {c: [] for c in folders}
+    duplicates = []
+    for cand in candidates:
+        if home[cand[3]] is cand:
+            files[folders[cand[1]]].append(cand[2])
+        else:
+            duplicates.append((str(cand[2]), "duplicate"))
+    for c in folders:
+        files[c].sort()
+    duplicates.sort(key=lambda d: Path(d[0]))
+    return files, duplicates
+
+
+def _identity(entry: os.DirEntry) -> tuple[int, int]:
+    st = entry.stat()
+    return st.st_dev, st.st_ino
 
 
 def _load_class_names(roots: Sequence[Path], classes: Sequence[str]) -> list[str]:
@@ -76,22 +188,51 @@ def _load_class_names(roots: Sequence[Path], classes: Sequence[str]) -> list[str
     return [names.get(c, readable_name(c)) for c in classes]
 
 
-def infer_image_size(paths: Sequence[Path], default: int = 256, probe: int = 16) -> int:
-    """Native side for small-image datasets (CIFAR: 32), else the paper's 256."""
+def decide_image_size(paths: Sequence[Path], default: int = 256, probe: int = SIZE_PROBE) -> tuple[int, str]:
+    """The stored side ``S`` for these images, and a sentence saying how it was decided.
+
+    The shorter side of up to ``probe`` evenly spaced images is read from their headers
+    (cheap). When most of them are small (at most ``SMALL_IMAGE`` px: CIFAR, 64 px
+    ImageNet), ``S`` is their most common shorter side (the median when no side repeats),
+    so the dataset keeps its native size; otherwise the paper's ``default`` (256). A
+    majority decides, not the extremes: one 16 px icon among CIFAR images must not make
+    ``S`` = 16, nor one 500 px photo make the folder ImageNet-sized.
+    """
     sides = []
     for i in spaced_indices(len(paths), probe):
-        p = paths[i]
         try:
-            sides.append(probe_image(p))
+            sides.append(min(probe_image(paths[i])))
         except DecodeError:
             continue
-    if sides and max(max(s) for s in sides) <= SMALL_IMAGE:
-        return min(min(s) for s in sides)
-    return default
+    if not sides:
+        return default, f"S={default}: no image header could be read (the default)"
+    small = sorted(x for x in sides if x <= SMALL_IMAGE)
+    if 2 * len(small) <= len(sides):
+        return default, (
+            f"S={default}: {len(sides) - len(small)} of {len(sides)} probed images are larger than {SMALL_IMAGE} px"
+        )
+    counts = Counter(small)
+    top = max(counts.values())
+    size = max(x for x, k in counts.items() if k == top) if top > 1 else small[(len(small) - 1) // 2]
+    odd = len(sides) - counts[size]
+    return size, (
+        f"S={size}: the {'most common' if top > 1 else 'median'} shorter side of {len(sides)} probed images "
+        f"({counts[size]} are {size} px; {odd} of another size are resized to it)"
+    )
+
+
+def infer_image_size(paths: Sequence[Path], default: int = 256, probe: int = SIZE_PROBE) -> int:
+    """Native side for small-image datasets (CIFAR: 32), else the paper's 256 (see :func:`decide_image_size`)."""
+    return decide_image_size(paths, default, probe)[0]
 
 
 class FolderDataset(Dataset):
-    """A list of ``(file, label)`` decoded on access to the paper's ``S`` x ``S`` patch."""
+    """A list of ``(file, label)`` decoded on access to the paper's ``S`` x ``S`` patch.
+
+    ``image_size`` None decides ``S`` from the images (:func:`decide_image_size`);
+    ``size_note`` says what was decided and why. ``substituted_items`` counts the items
+    that ``__getitem__`` replaces by a readable neighbour (see the module notes).
+    """
 
     def __init__(
         self,
@@ -113,7 +254,10 @@ class FolderDataset(Dataset):
         self.bad_files: list[tuple[str, str]] = list(bad_files)
         samples = [(Path(p), int(y)) for p, y in samples]
         if image_size is None:
-            image_size = infer_image_size([p for p, _ in samples])
+            image_size, self.size_note = decide_image_size([p for p, _ in samples])
+            log.info("%s: %s", root or "dataset", self.size_note)
+        else:
+            self.size_note = f"S={int(image_size)} (given)"
         self.image_size = int(image_size)
         if validate != "none":
             good = []
@@ -130,6 +274,12 @@ class FolderDataset(Dataset):
         self.samples = samples
         self._stats: DatasetStats | None = None
         self._stats_fn = stats_fn
+        self.substitutions = 0  # items replaced by a neighbour in this process (see __getitem__)
+        self._bad_index: set[int] = set()  # indices known not to decode
+        self._bad_synced = 0  # how much of bad_files _bad_index reflects
+        self._index_of: dict[str, int] | None = None
+        self._per_class: dict[int, int] | None = None  # items per label
+        self._bad_per_class: dict[int, int] = {}  # known-bad items per label
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -147,17 +297,76 @@ class FolderDataset(Dataset):
         return load_resized(path, self.image_size), label
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        """Item ``i``, or, when its file does not decode, the next readable item *with its
+        own label* (a substitution, counted in :attr:`substitutions`).
+
+        The search runs over the whole dataset (any number of bad files in a row), and
+        every file found bad is remembered, so later epochs skip it without decoding it
+        again. A class left with no readable image is a :class:`DatasetError` naming it:
+        training on without it would silently learn a different task.
+        """
         n = len(self.samples)
-        for k in range(min(n, 64)):
+        if not -n <= i < n:
+            raise IndexError(f"index {i} outside a dataset of {n} items")
+        i %= n
+        bad = self._known_bad()
+        for k in range(n):
             j = (i + k) % n
+            if j in bad:
+                continue
             try:
-                return self.load(j)
+                item = self.load(j)
             except DecodeError as exc:
-                entry = (self.path_of(j), exc.reason)
-                if entry not in self.bad_files:
-                    self.bad_files.append(entry)
-                    warnings.warn(f"skipping bad image {entry[0]} ({exc})", stacklevel=2)
-        raise RuntimeError(f"no decodable image among 64 items from index {i}")
+                self._mark_bad(j, exc)
+                continue
+            if k:
+                self.substitutions += 1
+            return item
+        raise DatasetError(f"{self.root}: none of the {n} images decodes (all listed in bad_files)")
+
+    def _known_bad(self) -> set[int]:
+        """Indices of samples whose file is known not to decode.
+
+        Kept in step with ``bad_files``, which the loader also fills from worker processes,
+        so a fresh worker copy starts with everything found so far."""
+        if self._bad_synced != len(self.bad_files):
+            if self._index_of is None:
+                self._index_of = {str(p): j for j, (p, _) in enumerate(self.samples)}
+            for path, _ in self.bad_files[self._bad_synced :]:
+                j = self._index_of.get(path)
+                if j is not None and j not in self._bad_index:
+                    self._bad_index.add(j)
+                    label = self.samples[j][1]
+                    self._bad_per_class[label] = self._bad_per_class.get(label, 0) + 1
+            self._bad_synced = len(self.bad_files)
+        return self._bad_index
+
+    def _mark_bad(self, j: int, exc: DecodeError) -> None:
+        entry = (self.path_of(j), exc.reason)
+        if entry not in self.bad_files:
+            self.bad_files.append(entry)
+            warnings.warn(f"skipping bad image {entry[0]} ({exc})", stacklevel=3)
+        self._known_bad()  # takes in the entry (listed now or before)
+        label = self.samples[j][1]
+        if self._per_class is None:
+            self._per_class = {}
+            for _, y in self.samples:
+                self._per_class[y] = self._per_class.get(y, 0) + 1
+        files = self._per_class.get(label, 0)
+        if self._bad_per_class.get(label, 0) >= files:
+            name = self.classes[label] if 0 <= label < len(self.classes) else str(label)
+            raise DatasetError(
+                f"class {name!r} has no readable image: all {files} of its files fail to decode "
+                f"(e.g. {entry[0]}: {exc.reason}); remove or replace them, or remove the class folder"
+            )
+
+    @property
+    def substituted_items(self) -> int:
+        """Items known unreadable, each replaced by a neighbour whenever it is drawn: the
+        number of substitutions per epoch. Computed from ``bad_files``, which the loader
+        brings back from worker processes, so it is right whatever ``num_workers`` is
+        (unlike :attr:`substitutions`, counted in the process that decoded)."""
+        return len(self._known_bad())
 
     def verify(self, progress: bool = False) -> int:
         """Decode every file (the header probe at opening does not see damaged pixel data);
@@ -174,7 +383,13 @@ class FolderDataset(Dataset):
                 if (str(p), exc.reason) not in self.bad_files:
                     self.bad_files.append((str(p), exc.reason))
         self.samples = good
+        self._forget_indices()
         return found
+
+    def _forget_indices(self) -> None:
+        """Reset what is keyed by sample index (after ``samples`` changed)."""
+        self._bad_index, self._bad_synced, self._index_of = set(), 0, None
+        self._per_class, self._bad_per_class = None, {}
 
     def get_batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         """``(uint8 [B, 3, S, S], int64 [B])`` for a list of indices."""
@@ -226,12 +441,15 @@ def class_folder_dataset(
         if unknown:
             raise DatasetError(f"{root} has class folders not in the training classes: {unknown[:5]}")
     index = {c: i for i, c in enumerate(classes)}
-    samples = [(p, index[c]) for c in found for p in _files_in(root / c)]
+    files, duplicates = class_files(root, found)
+    samples = [(p, index[c]) for c in found for p in files[c]]
     if not samples:
         raise DatasetError(f"no images found in class folders under {root}")
+    if duplicates:
+        log.info("%s: %d paths lead to files already counted (links); listed as duplicates", root, len(duplicates))
     names = _load_class_names([root, root.parent], classes)
     return FolderDataset(
-        samples, classes, names, image_size, root=root, validate=validate, stats_fn=stats_fn
+        samples, classes, names, image_size, root=root, validate=validate, bad_files=duplicates, stats_fn=stats_fn
     )
 
 

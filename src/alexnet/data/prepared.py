@@ -21,9 +21,14 @@ training. Each shard is written to a temporary file and renamed, then a sidecar
 an interrupted run resumes at the first incomplete shard.
 
 Integrity: opening checks that every shard exists with its recorded size and that the
-index is self-consistent (cheap, always). The sha256 of every shard is checked by
-:meth:`PreparedDataset.verify` (``alexnet data info DIR --verify``, or ``verify=True``),
-which names the corrupted shard; a JPEG shard that fails to decode also names its shard.
+index is self-consistent (cheap, always): labels within the classes, entries inside their
+shard. The index records the sha256 of every file: shards, each split's ``items``,
+``labels`` and ``sources``, ``stats.safetensors``, and of the index itself
+(``index_sha256``, over its canonical JSON without that key). :meth:`PreparedDataset.verify`
+(``alexnet data info DIR --verify``, or ``verify=True``) checks them all and names the
+file that changed; an index written before these checksums existed still opens, and
+``verify`` says which files it could not check. A JPEG shard that fails to decode also
+names its shard.
 """
 
 from __future__ import annotations
@@ -447,18 +452,39 @@ def _finalize(out, splits, params, class_names, jobs, stats_split) -> dict:
         np.save(out / f"{s}.labels.npy", np.asarray(labels, np.int64))
         atomic_write_text(out / f"{s}.sources.json", json.dumps(sources))
         index["splits"][s] = {"count": len(labels), "shards": shards, "bad_files": [list(b) for b in bad]}
+        index["splits"][s]["files"] = {name: sha256_file(out / name) for name in split_files(s)}
     if stats_parts:
         stats = _ShardStats.merge(stats_parts, params["image_size"]).finish()
         save_stats_file(stats, out / STATS_FILE)
         index["stats"] = STATS_FILE
-    atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=1))
+        index["stats_sha256"] = sha256_file(out / STATS_FILE)
+    atomic_write_text(out / INDEX_FILE, json.dumps(seal_index(index), indent=1))
     return index
 
 
 # ---------------------------------------------------------------------- reading
 
 
+def split_files(split: str) -> tuple[str, str, str]:
+    """The index files of one split, whose checksums the index records."""
+    return f"{split}.items.npy", f"{split}.labels.npy", f"{split}.sources.json"
+
+
+def index_digest(index: dict) -> str:
+    """sha256 of the index's canonical JSON without ``index_sha256``: what that key records,
+    so an edit of ``index.json`` (classes, counts, checksums) is seen by ``verify``."""
+    body = {k: v for k, v in index.items() if k != "index_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_index(index: dict) -> dict:
+    """``index`` with its ``index_sha256`` (re)computed; call it last before writing."""
+    index["index_sha256"] = index_digest(index)
+    return index
+
+
 def read_index(root: Path) -> dict:
+    """The parsed ``index.json`` of the prepared dataset at ``root`` (format and version checked)."""
     try:
         index = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -517,6 +543,8 @@ class PreparedDataset(Dataset):
         items, labels = self.items, self.labels
         if items.dtype != np.int64 or items.shape != (count, 3) or labels.shape != (count,):
             raise DatasetError(f"{self.root}: {self.split} index arrays do not match the count {count}")
+        if labels.dtype.kind not in "iu":
+            raise DatasetError(f"{self.root}: {self.split} labels are {labels.dtype}, not integer class indices")
         if count and (labels.min() < 0 or labels.max() >= len(self.classes)):
             raise DatasetError(f"{self.root}: {self.split} labels outside 0..{len(self.classes) - 1}")
         if len(self.class_names) != len(self.classes):
@@ -540,12 +568,38 @@ class PreparedDataset(Dataset):
         if count and (items[:, 0].min() < 0 or items[:, 0].max() >= len(self.shards)):
             raise DatasetError(f"{self.root}: {self.split} items refer to unknown shards")
 
-    def verify(self, progress: bool = False) -> None:
-        """Check every shard's sha256 against the index; raises :class:`ShardCorruptError`."""
-        for s in tqdm(self.shards, desc="verify", unit="shard", disable=not progress):
-            path = self.root / s["file"]
-            if sha256_file(path) != s["sha256"]:
-                raise ShardCorruptError(f"shard {path} is corrupted: sha256 does not match the index")
+    def verify(self, progress: bool = False) -> list[str]:
+        """Check the sha256 of every file this split uses against the index: its shards,
+        its ``items``/``labels``/``sources`` files, ``stats.safetensors`` and ``index.json``
+        itself. A mismatch raises :class:`ShardCorruptError` naming the file.
+
+        Returns the files that could not be checked because the index records no checksum
+        for them (prepared before these were recorded); empty when everything was checked.
+        """
+        files: list[tuple[Path, str | None]] = [(self.root / s["file"], s["sha256"]) for s in self.shards]
+        recorded = self.index["splits"][self.split].get("files")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        files += [(self.root / name, recorded.get(name)) for name in split_files(self.split)]
+        if self.index.get("stats") or (self.root / STATS_FILE).is_file():
+            files.append((self.root / STATS_FILE, self.index.get("stats_sha256")))
+        unchecked = []
+        for path, want in tqdm(files, desc="verify", unit="file", disable=not progress):
+            if want is None:
+                unchecked.append(path.name)
+                continue
+            try:
+                actual = sha256_file(path)
+            except OSError as exc:
+                raise ShardCorruptError(f"{path} cannot be read ({exc.strerror or exc})") from None
+            if actual != str(want):
+                what = "shard" if path.suffix == ".bin" else "file"
+                raise ShardCorruptError(f"{what} {path} is corrupted or was edited: its sha256 does not match the index")
+        index = read_index(self.root)  # as it is on disk now
+        if "index_sha256" not in index:
+            unchecked.append(INDEX_FILE)
+        elif index_digest(index) != index["index_sha256"]:
+            raise ShardCorruptError(f"{self.root / INDEX_FILE} was edited after preparation: its content does not match its index_sha256")
+        return unchecked
 
     # -------------------------------------------------------------- access
     def __getstate__(self) -> dict:
@@ -647,4 +701,7 @@ def record_stats(root: Path) -> None:
     """Name the stored ``stats.safetensors`` in the index of the prepared dataset at ``root``."""
     index = read_index(root)
     index["stats"] = STATS_FILE
+    index["stats_sha256"] = sha256_file(root / STATS_FILE)
+    if "index_sha256" in index:  # an older index without checksums stays one
+        seal_index(index)
     atomic_write_text(root / INDEX_FILE, json.dumps(index, indent=1))
