@@ -213,7 +213,9 @@ def write_report(
 
         # Top-5 predictions for sample validation images.
         picks = spaced_indices(result.num_images, num_samples)
-        images = [eval_set[i][0] for i in picks]
+        # Row i of the result is dataset item result.indices[i] (unreadable items were skipped).
+        rows = result.indices if result.indices is not None else range(result.num_images)
+        images = [eval_set[int(rows[i])][0] for i in picks]
         preds = [
             [(meta.class_names[j], float(p)) for j, p in zip(result.top_idx[i].tolist(), result.top_prob[i].tolist(), strict=True)]
             for i in picks

@@ -89,9 +89,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"data: {data} ({args.split})\n")
         print(result.format_table(max_classes=args.show_classes))
         print(f"\n{result.num_images / seconds:,.0f} images/s on {device} ({seconds:.1f} s)")
+    if result.skipped:  # only images that decode are read and counted: say what was left out
+        shown = "; ".join(f"{p} ({r})" for p, r in result.skipped[:3])
+        warn(f"{result.num_skipped} unreadable image(s) skipped and not counted, e.g. {shown}")
     bad = getattr(dataset, "bad_files", [])
-    if bad:
-        warn(f"{len(bad)} unreadable file(s) skipped, e.g. {bad[0][0]} ({bad[0][1]})")
     if args.json:
         doc = result.to_dict(confusion=True) | {
             "data": str(data),

@@ -116,6 +116,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"({min(counts, default=0)}..{max(counts, default=0)} per class), "
             f"S={ds.image_size}{extra}, {len(ds.bad_files)} bad files"
         )
+        if s.size_note:
+            print(f"    size: {s.size_note}")
         for p, r in ds.bad_files[:10]:
             print(f"    bad: {p}: {r}")
     if not info.splits:
