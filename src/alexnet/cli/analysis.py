@@ -96,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         doc = result.to_dict(confusion=True) | {
             "data": str(data),
-            "models": [meta.describe() for _, meta in models],
+            "model_descriptions": [meta.describe() for _, meta in models],
             "split": args.split,
             "seconds": seconds,
             "bad_files": [list(b) for b in bad],
