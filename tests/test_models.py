@@ -9,7 +9,13 @@ from torch import nn
 from alexnet import LAYER_NAMES, create_model, list_models
 from alexnet.cli import main as cli_main
 from alexnet.layers import LocalResponseNorm, lrn_reference
-from alexnet.models import AlexNet, AlexNetSplit, grouped_to_split, split_to_grouped
+from alexnet.models import (
+    TORCHVISION_NAMES,
+    AlexNet,
+    AlexNetSplit,
+    grouped_to_split,
+    split_to_grouped,
+)
 
 # torchvision.models.alexnet().state_dict(): keys and shapes, written out because torchvision
 # cannot be imported on the CPU machines.
@@ -84,13 +90,15 @@ def test_paper_initialisation(paper: AlexNet) -> None:
 
 
 def test_dropout_half_on_fc6_fc7(paper: AlexNet) -> None:
-    assert paper.drop.p == 0.5
-    paper.train()
-    x = torch.randn(1, 4096).abs() + 1
-    dropped = paper.drop(x)
-    paper.eval()
-    frac = (dropped == 0).float().mean().item()
-    assert 0.45 < frac < 0.55
+    # Where the dropout sits is pinned in test_models_paper.py; here each module's rate.
+    for drop in (paper.drop6, paper.drop7):
+        assert drop.p == 0.5
+        paper.train()
+        x = torch.randn(1, 4096).abs() + 1
+        dropped = drop(x)
+        paper.eval()
+        frac = (dropped == 0).float().mean().item()
+        assert 0.45 < frac < 0.55
 
 
 @pytest.mark.parametrize("size", [5, 3])
@@ -119,6 +127,54 @@ def test_owt_matches_torchvision_layout() -> None:
     # A torchvision weights file (same keys) loads strictly.
     fake_tv = {k: torch.randn(s) for k, s in TORCHVISION_ALEXNET.items()}
     create_model("alexnet_owt").load_state_dict(fake_tv, strict=True)
+
+
+def test_owt_reads_torchvision_keys_into_named_layers() -> None:
+    """The key map puts each torchvision tensor in the layer the table names, and back."""
+    fake_tv = {k: torch.randn(s) for k, s in TORCHVISION_ALEXNET.items()}
+    model = create_model("alexnet_owt")
+    model.load_state_dict(fake_tv, strict=True)
+    layers = [name for name, m in model.named_children() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert layers == list(LAYER_NAMES)
+    for ours, theirs in TORCHVISION_NAMES.items():
+        assert torch.equal(getattr(model, ours).weight, fake_tv[f"{theirs}.weight"]), ours
+        assert torch.equal(getattr(model, ours).bias, fake_tv[f"{theirs}.bias"]), ours
+    saved = model.state_dict()
+    assert list(saved) == list(TORCHVISION_ALEXNET)  # torchvision's order too
+    assert all(torch.equal(saved[k], fake_tv[k]) for k in fake_tv)
+    # Inside a container (DDP's "module.", torch.compile's "_orig_mod.") the map keeps the prefix.
+    wrapped = nn.Sequential(create_model("alexnet_owt"))
+    assert list(wrapped.state_dict()) == [f"0.{k}" for k in TORCHVISION_ALEXNET]
+    wrapped.load_state_dict({f"0.{k}": v for k, v in fake_tv.items()}, strict=True)
+    assert torch.equal(wrapped[0].fc8.bias, fake_tv["classifier.6.bias"])
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "0\.conv1\.bias"'):
+        wrapped.load_state_dict({f"0.{k}": v for k, v in fake_tv.items() if k != "features.0.bias"})
+    # strict still means strict: a missing or an extra key is refused (a missing one named as ours).
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "fc8\.bias"'):
+        model.load_state_dict({k: v for k, v in fake_tv.items() if k != "classifier.6.bias"})
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "features\.1\.weight"'):
+        model.load_state_dict({**fake_tv, "features.1.weight": torch.zeros(1)})
+
+
+def test_owt_dropout_where_torchvision_has_it() -> None:
+    """torchvision's alexnet drops the inputs of fc6 and fc7 (not fc7's output): its weights
+    were trained that way, so alexnet_owt keeps it."""
+    torch.manual_seed(0)
+    model = create_model("alexnet_owt", num_classes=10).train()
+    seen: dict[str, torch.Tensor] = {}
+    for name in ("fc6", "fc7", "fc8"):
+        getattr(model, name).register_forward_pre_hook(
+            lambda _m, args, name=name: seen.__setitem__(name, args[0].detach())
+        )
+    with torch.no_grad():
+        acts = model.forward_layers(torch.randn(2, 3, 224, 224))
+    pooled = nn.functional.adaptive_avg_pool2d(nn.functional.max_pool2d(acts["conv5"], 3, 2), 6).flatten(1)
+    for layer, source in (("fc6", pooled), ("fc7", acts["fc6"])):
+        live = source > 0
+        kept = seen[layer][live] != 0
+        assert torch.allclose(seen[layer][live][kept], 2 * source[live][kept]), layer
+        assert 0.4 < 1 - kept.float().mean().item() < 0.6, layer
+    assert torch.equal(seen["fc8"], acts["fc7"])
 
 
 def test_owt_layers() -> None:
@@ -191,6 +247,92 @@ def test_split_weight_conversion_round_trip() -> None:
     assert isinstance(split, AlexNetSplit)
     assert n_params(split) == n_params(grouped)
     assert isinstance(split.to_grouped(), AlexNet)
+
+
+# state_dict() keys and shapes as checkpoints written so far hold them; they must keep loading.
+PAPER_KEYS = {
+    "conv1": (96, 3, 11, 11),
+    "conv2": (256, 48, 5, 5),
+    "conv3": (384, 256, 3, 3),
+    "conv4": (384, 192, 3, 3),
+    "conv5": (256, 192, 3, 3),
+    "fc6": (4096, 9216),
+    "fc7": (4096, 4096),
+    "fc8": (1000, 4096),
+}
+TOWER_KEYS = {
+    "conv1": (48, 3, 11, 11),
+    "conv2": (128, 48, 5, 5),
+    "conv3": (192, 256, 3, 3),
+    "conv4": (192, 192, 3, 3),
+    "conv5": (128, 192, 3, 3),
+    "fc6": (2048, 9216),
+    "fc7": (2048, 4096),
+}
+SMALL_KEYS = {
+    "conv1": (64, 3, 5, 5),
+    "conv2": (192, 64, 5, 5),
+    "conv3": (384, 192, 3, 3),
+    "conv4": (256, 384, 3, 3),
+    "conv5": (256, 256, 3, 3),
+    "fc6": (1024, 4096),
+    "fc7": (1024, 1024),
+    "fc8": (10, 1024),
+}
+BN_BUFFERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def with_bias(layers: dict[str, tuple[int, ...]], prefix: str = "") -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in layers.items():
+        out[f"{prefix}{name}.weight"], out[f"{prefix}{name}.bias"] = shape, shape[:1]
+    return out
+
+
+def small_bn_keys() -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    for i, (name, shape) in enumerate(SMALL_KEYS.items(), 1):
+        if name.startswith("conv"):
+            out[f"{name}.weight"] = shape
+            for buf in BN_BUFFERS:
+                out[f"norm{i}.{buf}"] = () if buf == "num_batches_tracked" else shape[:1]
+        else:
+            out.update(with_bias({name: shape}))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "layout"),
+    [
+        ("alexnet", {}, with_bias(PAPER_KEYS)),
+        (
+            "alexnet",
+            {"devices": ["cpu", "cpu"]},
+            {**with_bias(TOWER_KEYS, "a."), **with_bias(TOWER_KEYS, "b."), **with_bias({"fc8": (1000, 4096)})},
+        ),
+        ("alexnet_owt", {}, TORCHVISION_ALEXNET),
+        ("alexnet_small", {}, small_bn_keys()),
+        ("alexnet_small", {"norm": "lrn"}, with_bias(SMALL_KEYS)),
+        ("alexnet_small", {"norm": "none"}, with_bias(SMALL_KEYS)),
+    ],
+)
+def test_checkpoint_key_layouts_unchanged(name: str, options: dict, layout: dict) -> None:
+    model = create_model(name, **options)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == layout
+    assert list(model.state_dict()) == list(layout)
+    old = {k: torch.randn(s) if s else torch.tensor(3) for k, s in layout.items()}
+    model.load_state_dict(old, strict=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, old[k]), k
+
+
+def test_rows_compile_into_one_graph() -> None:
+    """Each forward is a generator of rows; torch.compile (the trainer's --compile) traces it whole."""
+    torch.manual_seed(0)
+    model = create_model("alexnet_small", width=0.25).eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), model(x))
 
 
 def test_split_needs_two_devices() -> None:

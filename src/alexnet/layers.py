@@ -92,3 +92,11 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown norm {kind!r}: expected 'lrn', 'bn' or 'none'")
+
+
+def relu_and_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """A conv output through its ReLU and normalisation, each kind in its usual place:
+    batch norm before the ReLU (as it is used today), LRN (the paper's) and none after it."""
+    if isinstance(norm, nn.BatchNorm2d):
+        return F.relu(norm(x))
+    return norm(F.relu(x))

@@ -1,78 +1,54 @@
-"""The AlexNet model zoo.
+"""The AlexNet model zoo, each network written the way SPEC.md's table reads.
 
 Members (``list_models()``):
 
 * ``alexnet``: the network of Krizhevsky, Sutskever & Hinton (NIPS 2012) exactly:
   two towers expressed as ``groups=2`` in conv2/4/5, LRN after conv1 and conv2,
-  overlapping 3/2 max pooling, dropout 0.5 on fc6 and fc7, the paper's
-  initialisation; 60,965,224 parameters. ``create_model('alexnet', devices=[d0, d1])``
-  returns the same network split across two devices as in the paper.
+  overlapping 3/2 max pooling after conv1, conv2 and conv5, dropout 0.5 on the outputs
+  of fc6 and fc7, the paper's initialisation; 60,965,224 parameters.
+  ``create_model('alexnet', devices=[d0, d1])`` returns the same network split across
+  two devices as in the paper (:class:`AlexNetSplit`).
 * ``alexnet_owt``: the single-column "one weird trick" network whose state dict
   has exactly the keys and shapes of torchvision's ``alexnet`` (61,100,840 params).
 * ``alexnet_small``: the same design for 32-64 px images (CIFAR-10, CPU demos).
 
-Every member maps an image batch to logits with ``model(x)`` and exposes the
-activations of its eight stages by name from one forward pass::
+Every member writes its forward pass once, in :meth:`FeatureNet.rows`: the table's
+rows top to bottom, yielding each weight layer's activation by name. ``model(x)`` runs
+all rows and returns the logits; ``forward_layers`` returns the activations asked for
+from one pass::
 
     acts = model.forward_layers(x, ["conv1", "conv5", "fc7"])   # dict name -> tensor
 
-Stage outputs are taken after the ReLU (before LRN and pooling) for conv1..conv5,
-after the ReLU (before dropout) for fc6/fc7, and are the logits for fc8.
+Activations are taken after the ReLU (before LRN and pooling) for conv1..conv5, after
+the ReLU (before dropout) for fc6/fc7, and are the logits for fc8.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alexnet.layers import LocalResponseNorm, norm_layer
+from alexnet.layers import LocalResponseNorm, norm_layer, relu_and_norm
 
 LAYER_NAMES: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-Stage = tuple[str, Callable[[Tensor], Tensor]]
+
+# --------------------------------------------------------------------------- the paper's pieces
 
 
-class FeatureNet(nn.Module):
-    """Base class: a network written as eight named stages, conv1 .. fc8.
+def paper_lrn(groups: int = 1) -> LocalResponseNorm:
+    """Local response normalisation with the paper's constants (Section 3.3):
+    k=2, n=5, alpha=1e-4, beta=0.75, alpha multiplying the plain sum of squares."""
+    return LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0, groups=groups)
 
-    Subclasses implement :meth:`stages`; ``forward`` runs them all and
-    ``forward_layers`` returns the requested stage outputs of the same pass.
-    """
 
-    layer_names: tuple[str, ...] = LAYER_NAMES
-    input_size: int = 224
-    num_classes: int = 1000
-    # Number of conv1 kernels per tower, for pictures of the kernels (0: single column).
-    tower_split: int = 0
-
-    def stages(self) -> list[Stage]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> Tensor:
-        for _, stage in self.stages():
-            x = stage(x)
-        return x
-
-    def forward_layers(self, x: Tensor, layers: Iterable[str] | None = None) -> dict[str, Tensor]:
-        """Activations of the named stages (default: all eight) from one forward pass.
-
-        Stops after the last requested stage, so asking for ``conv1`` alone is cheap.
-        """
-        wanted = list(self.layer_names if layers is None else layers)
-        unknown = [name for name in wanted if name not in self.layer_names]
-        if unknown:
-            raise KeyError(f"unknown layer(s) {unknown}; choose from {list(self.layer_names)}")
-        out: dict[str, Tensor] = {}
-        for name, stage in self.stages():
-            x = stage(x)
-            if name in wanted:
-                out[name] = x
-                if len(out) == len(set(wanted)):
-                    break
-        return {name: out[name] for name in wanted}
+def overlapping_pool() -> nn.MaxPool2d:
+    """Max pooling over 3x3 windows with stride 2, so neighbouring windows overlap (Section 3.4)."""
+    return nn.MaxPool2d(kernel_size=3, stride=2)
 
 
 def init_paper_(model: nn.Module, ones: Sequence[str] = ("conv2", "conv4", "conv5", "fc6", "fc7")) -> None:
@@ -86,21 +62,89 @@ def init_paper_(model: nn.Module, ones: Sequence[str] = ("conv2", "conv4", "conv
                 nn.init.constant_(module.bias, 1.0 if leaf in ones else 0.0)
 
 
+def initialise_(model: nn.Module, init: str) -> None:
+    """``'paper'``: :func:`init_paper_`; ``'default'``: keep PyTorch's own initialisation."""
+    if init == "paper":
+        init_paper_(model)
+    elif init != "default":
+        raise ValueError(f"unknown init {init!r}: expected 'paper' or 'default'")
+
+
+# --------------------------------------------------------------------------- the common interface
+
+
+class Towers(NamedTuple):
+    """One layer's activations in the split model: tower A's on its device, tower B's on its."""
+
+    a: Tensor
+    b: Tensor
+
+    def joined(self) -> Tensor:
+        """Both towers as one tensor on A's device, A's channels first (the grouped layout)."""
+        return torch.cat([self.a, self.b.to(self.a.device)], 1)
+
+
+class FeatureNet(nn.Module):
+    """Base class: a network whose forward pass is its table's rows, conv1 .. fc8.
+
+    Subclasses write :meth:`rows`; ``forward_layers`` runs them and returns the requested
+    activations of that one pass, and ``forward`` is the last row's, the logits.
+    """
+
+    layer_names: tuple[str, ...] = LAYER_NAMES
+    input_size: int = 224
+    num_classes: int = 1000
+    # Number of conv1 kernels per tower, for pictures of the kernels (0: single column).
+    tower_split: int = 0
+
+    def rows(self, x: Tensor) -> Iterator[tuple[str, Tensor | Towers]]:  # pragma: no cover - abstract
+        """The forward pass, one row of the table after another: yields ``(name, activation)``
+        after each weight layer, ending with ``("fc8", logits)``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_layers(x, ["fc8"])["fc8"]
+
+    def forward_layers(self, x: Tensor, layers: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """Activations of the named layers (default: all eight) from one forward pass.
+
+        Stops after the last requested layer, so asking for ``conv1`` alone is cheap.
+        """
+        wanted = list(self.layer_names if layers is None else layers)
+        unknown = [name for name in wanted if name not in self.layer_names]
+        if unknown:
+            raise KeyError(f"unknown layer(s) {unknown}; choose from {list(self.layer_names)}")
+        out: dict[str, Tensor] = {}
+        for name, act in self.rows(x):
+            if name in wanted:
+                out[name] = act.joined() if isinstance(act, Towers) else act
+                if len(out) == len(set(wanted)):
+                    break
+        return {name: out[name] for name in wanted}
+
+
 # --------------------------------------------------------------------------- the paper's network
 
 
 class AlexNet(FeatureNet):
     """AlexNet as in the paper (Figure 2), the two GPU towers folded into grouped convolutions.
 
-    conv1 96x11x11/4 -> ReLU -> LRN -> pool 3/2   55x55x96  -> 27x27x96
-    conv2 256x5x5 (own tower) -> ReLU -> LRN -> pool   27x27x256 -> 13x13x256
-    conv3 384x3x3 (both towers) -> ReLU                13x13x384
-    conv4 384x3x3 (own tower) -> ReLU                  13x13x384
-    conv5 256x3x3 (own tower) -> ReLU -> pool 3/2      13x13x256 -> 6x6x256
-    fc6 4096 -> ReLU -> dropout; fc7 4096 -> ReLU -> dropout; fc8 num_classes
+    ========  ==============================  =========================  ===========================
+    layer     kernels                         after it                   output
+    ========  ==============================  =========================  ===========================
+    conv1     96 x 11x11x3, stride 4          ReLU, LRN, max-pool 3/2    55x55x96 -> 27x27x96
+    conv2     256 x 5x5x48 (own tower)        ReLU, LRN, max-pool 3/2    27x27x256 -> 13x13x256
+    conv3     384 x 3x3x256 (both towers)     ReLU                       13x13x384
+    conv4     384 x 3x3x192 (own tower)       ReLU                       13x13x384
+    conv5     256 x 3x3x192 (own tower)       ReLU, max-pool 3/2         13x13x256 -> 6x6x256
+    fc6       4096                            ReLU, dropout 0.5          4096
+    fc7       4096                            ReLU, dropout 0.5          4096
+    fc8       num_classes                     (softmax in the loss)      num_classes
+    ========  ==============================  =========================  ===========================
 
     The input is 224x224; conv1 uses padding 2 so that the arithmetic gives the
-    paper's 55x55 (equivalently 227x227 unpadded).
+    paper's 55x55 (equivalently 227x227 unpadded). LRN is grouped too: each tower's
+    maps are normalised among themselves, as on the paper's two GPUs.
     """
 
     input_size = 224
@@ -110,49 +154,57 @@ class AlexNet(FeatureNet):
         super().__init__()
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(3, 96, kernel_size=11, stride=4, padding=2)
-        self.norm1 = LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0, groups=2)
+        self.norm1, self.pool1 = paper_lrn(groups=2), overlapping_pool()
         self.conv2 = nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=2)
-        self.norm2 = LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0, groups=2)
+        self.norm2, self.pool2 = paper_lrn(groups=2), overlapping_pool()
         self.conv3 = nn.Conv2d(256, 384, kernel_size=3, padding=1)
         self.conv4 = nn.Conv2d(384, 384, kernel_size=3, padding=1, groups=2)
         self.conv5 = nn.Conv2d(384, 256, kernel_size=3, padding=1, groups=2)
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2)  # overlapping pooling
-        self.fc6 = nn.Linear(256 * 6 * 6, 4096)
-        self.fc7 = nn.Linear(4096, 4096)
+        self.pool5 = overlapping_pool()
+        self.fc6, self.drop6 = nn.Linear(256 * 6 * 6, 4096), nn.Dropout(dropout)
+        self.fc7, self.drop7 = nn.Linear(4096, 4096), nn.Dropout(dropout)
         self.fc8 = nn.Linear(4096, num_classes)
-        self.drop = nn.Dropout(dropout)
-        if init == "paper":
-            init_paper_(self)
-        elif init != "default":
-            raise ValueError(f"unknown init {init!r}: expected 'paper' or 'default'")
+        initialise_(self, init)
 
-    def stages(self) -> list[Stage]:
-        return [
-            ("conv1", lambda x: F.relu(self.conv1(x))),
-            ("conv2", lambda x: F.relu(self.conv2(self.pool(self.norm1(x))))),
-            ("conv3", lambda x: F.relu(self.conv3(self.pool(self.norm2(x))))),
-            ("conv4", lambda x: F.relu(self.conv4(x))),
-            ("conv5", lambda x: F.relu(self.conv5(x))),
-            ("fc6", lambda x: F.relu(self.fc6(torch.flatten(self.pool(x), 1)))),
-            ("fc7", lambda x: F.relu(self.fc7(self.drop(x)))),
-            ("fc8", lambda x: self.fc8(self.drop(x))),
-        ]
+    def rows(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+        x = F.relu(self.conv1(x))
+        yield "conv1", x
+        x = self.pool1(self.norm1(x))
+        x = F.relu(self.conv2(x))
+        yield "conv2", x
+        x = self.pool2(self.norm2(x))
+        x = F.relu(self.conv3(x))
+        yield "conv3", x
+        x = F.relu(self.conv4(x))
+        yield "conv4", x
+        x = F.relu(self.conv5(x))
+        yield "conv5", x
+        x = self.pool5(x).flatten(1)
+        x = F.relu(self.fc6(x))
+        yield "fc6", x
+        x = self.drop6(x)
+        x = F.relu(self.fc7(x))
+        yield "fc7", x
+        x = self.drop7(x)
+        yield "fc8", self.fc8(x)
 
 
 class Tower(nn.Module):
-    """One GPU's half of the paper's network (Figure 2, top or bottom)."""
+    """One GPU's half of the paper's network (Figure 2, top or bottom): the same rows as
+    :class:`AlexNet` with half the kernels; conv3, fc6 and fc7 read both towers' maps."""
 
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.5) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 48, kernel_size=11, stride=4, padding=2)
-        self.norm1 = LocalResponseNorm()
+        self.norm1, self.pool1 = paper_lrn(), overlapping_pool()
         self.conv2 = nn.Conv2d(48, 128, kernel_size=5, padding=2)
-        self.norm2 = LocalResponseNorm()
+        self.norm2, self.pool2 = paper_lrn(), overlapping_pool()
         self.conv3 = nn.Conv2d(256, 192, kernel_size=3, padding=1)  # sees both towers
         self.conv4 = nn.Conv2d(192, 192, kernel_size=3, padding=1)
         self.conv5 = nn.Conv2d(192, 128, kernel_size=3, padding=1)
-        self.fc6 = nn.Linear(256 * 6 * 6, 2048)  # sees both towers
-        self.fc7 = nn.Linear(4096, 2048)  # sees both towers
+        self.pool5 = overlapping_pool()
+        self.fc6, self.drop6 = nn.Linear(256 * 6 * 6, 2048), nn.Dropout(dropout)  # sees both towers
+        self.fc7, self.drop7 = nn.Linear(4096, 2048), nn.Dropout(dropout)  # sees both towers
 
 
 class AlexNetSplit(FeatureNet):
@@ -180,14 +232,9 @@ class AlexNetSplit(FeatureNet):
             raise ValueError(f"the split model needs exactly two devices, got {list(devices)}")
         self.devices = [torch.device(d) for d in devices]
         self.num_classes = num_classes
-        self.a, self.b = Tower(), Tower()
+        self.a, self.b = Tower(dropout), Tower(dropout)
         self.fc8 = nn.Linear(4096, num_classes)
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2)
-        self.drop = nn.Dropout(dropout)
-        if init == "paper":
-            init_paper_(self)
-        elif init != "default":
-            raise ValueError(f"unknown init {init!r}: expected 'paper' or 'default'")
+        initialise_(self, init)
         self.place()
 
     def place(self) -> AlexNetSplit:
@@ -198,69 +245,49 @@ class AlexNetSplit(FeatureNet):
         self.fc8.to(d0)
         return self
 
-    def _exchange(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    def exchange(self, a: Tensor, b: Tensor) -> Towers:
         """Both towers' activations, concatenated on each tower's device (A's channels first)."""
+        return Towers(torch.cat([a, b.to(a.device)], 1), torch.cat([a.to(b.device), b], 1))
+
+    def rows(self, x: Tensor) -> Iterator[tuple[str, Tensor | Towers]]:
+        A, B = self.a, self.b
         d0, d1 = self.devices
-        return torch.cat([a, b.to(d0)], 1), torch.cat([a.to(d1), b], 1)
-
-    def _run(self, x: Tensor, keep: set[str]) -> dict[str, Tensor]:
-        d0, d1 = self.devices
-        A, B, pool, drop = self.a, self.b, self.pool, self.drop
-        out: dict[str, Tensor] = {}
-
-        def record(name: str, a: Tensor, b: Tensor) -> None:
-            if name in keep:
-                out[name] = torch.cat([a, b.to(d0)], 1)
-
         a, b = F.relu(A.conv1(x.to(d0))), F.relu(B.conv1(x.to(d1)))
-        record("conv1", a, b)
-        a, b = F.relu(A.conv2(pool(A.norm1(a)))), F.relu(B.conv2(pool(B.norm1(b))))
-        record("conv2", a, b)
-        a, b = self._exchange(pool(A.norm2(a)), pool(B.norm2(b)))
+        yield "conv1", Towers(a, b)
+        a, b = A.pool1(A.norm1(a)), B.pool1(B.norm1(b))
+        a, b = F.relu(A.conv2(a)), F.relu(B.conv2(b))
+        yield "conv2", Towers(a, b)
+        a, b = self.exchange(A.pool2(A.norm2(a)), B.pool2(B.norm2(b)))
         a, b = F.relu(A.conv3(a)), F.relu(B.conv3(b))
-        record("conv3", a, b)
+        yield "conv3", Towers(a, b)
         a, b = F.relu(A.conv4(a)), F.relu(B.conv4(b))
-        record("conv4", a, b)
+        yield "conv4", Towers(a, b)
         a, b = F.relu(A.conv5(a)), F.relu(B.conv5(b))
-        record("conv5", a, b)
-        a, b = self._exchange(torch.flatten(pool(a), 1), torch.flatten(pool(b), 1))
+        yield "conv5", Towers(a, b)
+        a, b = self.exchange(A.pool5(a).flatten(1), B.pool5(b).flatten(1))
         a, b = F.relu(A.fc6(a)), F.relu(B.fc6(b))
-        record("fc6", a, b)
-        a, b = self._exchange(drop(a), drop(b))
+        yield "fc6", Towers(a, b)
+        a, b = self.exchange(A.drop6(a), B.drop6(b))
         a, b = F.relu(A.fc7(a)), F.relu(B.fc7(b))
-        record("fc7", a, b)
-        out["fc8"] = self.fc8(torch.cat([drop(a), drop(b).to(d0)], 1))
-        return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x, set())["fc8"]
-
-    def forward_layers(self, x: Tensor, layers: Iterable[str] | None = None) -> dict[str, Tensor]:
-        wanted = list(self.layer_names if layers is None else layers)
-        unknown = [name for name in wanted if name not in self.layer_names]
-        if unknown:
-            raise KeyError(f"unknown layer(s) {unknown}; choose from {list(self.layer_names)}")
-        out = self._run(x, set(wanted))
-        return {name: out[name] for name in wanted}
-
-    def stages(self) -> list[Stage]:
-        raise NotImplementedError("AlexNetSplit runs its towers jointly; use forward/forward_layers")
+        yield "fc7", Towers(a, b)
+        x = Towers(A.drop7(a), B.drop7(b)).joined()
+        yield "fc8", self.fc8(x)
 
     @classmethod
     def from_grouped(cls, model: AlexNet, devices: Sequence[torch.device | str]) -> AlexNetSplit:
         """The split form of a grouped :class:`AlexNet`, with the same weights."""
-        split = cls(devices, num_classes=model.num_classes, dropout=model.drop.p, init="default")
+        split = cls(devices, num_classes=model.num_classes, dropout=model.drop6.p, init="default")
         split.load_state_dict(grouped_to_split(model.state_dict()))
         return split.place()
 
     def to_grouped(self) -> AlexNet:
         """The grouped one-device form with the same weights (on CPU)."""
-        model = AlexNet(num_classes=self.num_classes, dropout=self.drop.p, init="default")
+        model = AlexNet(num_classes=self.num_classes, dropout=self.a.drop6.p, init="default")
         model.load_state_dict(split_to_grouped(self.state_dict()))
         return model
 
 
-# Output-channel halves: layer -> (sliced along dim 0). Inputs of grouped convs are already per tower.
+# The layers whose output units the two towers share out (fc8 lives whole on tower A's device).
 _SPLIT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
 
@@ -297,56 +324,91 @@ def split_to_grouped(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 # --------------------------------------------------------------------------- one weird trick
 
+# torchvision's ``alexnet`` keeps the same eight weight layers in two Sequentials; its
+# state-dict prefix for each of ours. :class:`AlexNetOWT` writes and reads these keys.
+TORCHVISION_NAMES: dict[str, str] = {
+    "conv1": "features.0",
+    "conv2": "features.3",
+    "conv3": "features.6",
+    "conv4": "features.8",
+    "conv5": "features.10",
+    "fc6": "classifier.1",
+    "fc7": "classifier.4",
+    "fc8": "classifier.6",
+}
+_FROM_TORCHVISION = {tv: ours for ours, tv in TORCHVISION_NAMES.items()}
+
+
+def rename_keys(state_dict: dict[str, Tensor], names: dict[str, str], prefix: str = "") -> dict[str, Tensor]:
+    """``state_dict`` with each key ``prefix + old + ".rest"`` renamed ``prefix + names[old] + ".rest"``,
+    in the same order; keys outside ``names`` are kept as they are."""
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        head, dot, rest = key[len(prefix) :].rpartition(".")
+        if key.startswith(prefix) and dot and head in names:
+            key = f"{prefix}{names[head]}.{rest}"
+        out[key] = value
+    return out
+
 
 class AlexNetOWT(FeatureNet):
     """Single-column AlexNet ("One weird trick", Krizhevsky 2014): 64-192-384-256-256 kernels,
-    no LRN, no groups. Module layout (``features``/``avgpool``/``classifier`` Sequentials)
-    and therefore ``state_dict()`` keys and shapes are exactly torchvision's ``alexnet``,
-    so its weights load with ``strict=True``."""
+    no LRN, no groups, dropout on the *inputs* of fc6 and fc7 (torchvision's placement).
+
+    Its state dict uses torchvision's keys (``features.0.weight`` ... ``classifier.6.bias``,
+    see :data:`TORCHVISION_NAMES`), mapped from and to the names below by state-dict hooks,
+    so torchvision's weights load with ``strict=True`` and ours load into torchvision.
+    ``named_parameters()`` and the messages of a failed load use the names below.
+    """
 
     input_size = 224
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(64, 192, kernel_size=5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-        )
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
-            nn.Linear(256 * 6 * 6, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2)
+        self.pool1 = overlapping_pool()
+        self.conv2 = nn.Conv2d(64, 192, kernel_size=5, padding=2)
+        self.pool2 = overlapping_pool()
+        self.conv3 = nn.Conv2d(192, 384, kernel_size=3, padding=1)
+        self.conv4 = nn.Conv2d(384, 256, kernel_size=3, padding=1)
+        self.conv5 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
+        self.pool5, self.avgpool = overlapping_pool(), nn.AdaptiveAvgPool2d((6, 6))
+        self.drop6, self.fc6 = nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096)
+        self.drop7, self.fc7 = nn.Dropout(dropout), nn.Linear(4096, 4096)
+        self.fc8 = nn.Linear(4096, num_classes)
+        self.register_state_dict_post_hook(_to_torchvision_keys)
+        self.register_load_state_dict_pre_hook(_from_torchvision_keys)
 
-    def stages(self) -> list[Stage]:
-        f, c = self.features, self.classifier
-        return [
-            ("conv1", lambda x: F.relu(f[0](x))),
-            ("conv2", lambda x: F.relu(f[3](f[2](x)))),
-            ("conv3", lambda x: F.relu(f[6](f[5](x)))),
-            ("conv4", lambda x: F.relu(f[8](x))),
-            ("conv5", lambda x: F.relu(f[10](x))),
-            ("fc6", lambda x: F.relu(c[1](c[0](torch.flatten(self.avgpool(f[12](x)), 1))))),
-            ("fc7", lambda x: F.relu(c[4](c[3](x)))),
-            ("fc8", lambda x: c[6](x)),
-        ]
+    def rows(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+        x = F.relu(self.conv1(x))
+        yield "conv1", x
+        x = F.relu(self.conv2(self.pool1(x)))
+        yield "conv2", x
+        x = F.relu(self.conv3(self.pool2(x)))
+        yield "conv3", x
+        x = F.relu(self.conv4(x))
+        yield "conv4", x
+        x = F.relu(self.conv5(x))
+        yield "conv5", x
+        x = self.avgpool(self.pool5(x)).flatten(1)
+        x = F.relu(self.fc6(self.drop6(x)))
+        yield "fc6", x
+        x = F.relu(self.fc7(self.drop7(x)))
+        yield "fc7", x
+        yield "fc8", self.fc8(x)
+
+
+def _to_torchvision_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, _meta: object) -> None:
+    renamed = rename_keys(state_dict, TORCHVISION_NAMES, prefix)
+    state_dict.clear()
+    state_dict.update(renamed)
+
+
+def _from_torchvision_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
+    renamed = rename_keys(state_dict, _FROM_TORCHVISION, prefix)
+    state_dict.clear()
+    state_dict.update(renamed)
 
 
 # --------------------------------------------------------------------------- small images
@@ -356,11 +418,12 @@ class AlexNetSmall(FeatureNet):
     """The AlexNet design scaled to 32-64 px images (CIFAR-10, the embedded dataset).
 
     Five convolutions and three fully connected layers with ReLU, overlapping 3/2 max
-    pooling after conv1, conv2 and conv5, dropout on fc6 and fc7, as in the paper.
-    conv1 is 5x5 with stride 1 (stride 2 from 48 px up) since a 32 px image has no room
-    for an 11x11/4 stem. ``norm`` picks the normalisation: ``'lrn'`` (the paper's, after
-    conv1 and conv2), ``'bn'`` (batch norm after every convolution, trains faster) or
-    ``'none'``; ``width`` multiplies every layer's width.
+    pooling after conv1, conv2 and conv5, dropout on the outputs of fc6 and fc7, as in the
+    paper. conv1 is 5x5 with stride 1 (stride 2 from 48 px up) since a 32 px image has no
+    room for an 11x11/4 stem. ``norm`` picks the normalisation: ``'lrn'`` (the paper's,
+    after the ReLU of conv1 and conv2), ``'bn'`` (batch norm before the ReLU of every
+    convolution, trains faster) or ``'none'``; ``width`` multiplies every layer's width.
+    The pools pad by 1 so that small maps keep their edges.
     """
 
     def __init__(
@@ -381,48 +444,47 @@ class AlexNetSmall(FeatureNet):
         def conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
             return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=not bn)
 
-        def post(channels: int, lrn: bool) -> nn.Module:
-            # BN sits before the ReLU (applied in stages); LRN after it, as in the paper.
-            if bn:
-                return nn.BatchNorm2d(channels)
-            return norm_layer(norm if lrn else "none", channels)
+        def pool() -> nn.MaxPool2d:
+            return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-        self.conv1 = conv(3, c1, 5, stride=2 if input_size >= 48 else 1)
-        self.norm1 = post(c1, lrn=True)
-        self.conv2 = conv(c1, c2, 5)
-        self.norm2 = post(c2, lrn=True)
-        self.conv3, self.norm3 = conv(c2, c3, 3), post(c3, lrn=False)
-        self.conv4, self.norm4 = conv(c3, c4, 3), post(c4, lrn=False)
-        self.conv5, self.norm5 = conv(c4, c5, 3), post(c5, lrn=False)
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # overlapping pooling
-        self.avgpool = nn.AdaptiveAvgPool2d((4, 4))
-        self.fc6 = nn.Linear(c5 * 16, fc)
-        self.fc7 = nn.Linear(fc, fc)
+        self.conv1, self.norm1 = conv(3, c1, 5, stride=2 if input_size >= 48 else 1), norm_layer(norm, c1)
+        self.pool1 = pool()
+        self.conv2, self.norm2 = conv(c1, c2, 5), norm_layer(norm, c2)
+        self.pool2 = pool()
+        # The paper normalises only conv1 and conv2: conv3..5 get batch norm or nothing.
+        rest = "bn" if bn else "none"
+        self.conv3, self.norm3 = conv(c2, c3, 3), norm_layer(rest, c3)
+        self.conv4, self.norm4 = conv(c3, c4, 3), norm_layer(rest, c4)
+        self.conv5, self.norm5 = conv(c4, c5, 3), norm_layer(rest, c5)
+        self.pool5, self.avgpool = pool(), nn.AdaptiveAvgPool2d((4, 4))
+        self.fc6, self.drop6 = nn.Linear(c5 * 16, fc), nn.Dropout(dropout)
+        self.fc7, self.drop7 = nn.Linear(fc, fc), nn.Dropout(dropout)
         self.fc8 = nn.Linear(fc, num_classes)
-        self.drop = nn.Dropout(dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
-    def _block(self, conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
-        if isinstance(norm, nn.BatchNorm2d):
-            return F.relu(norm(conv(x)))
-        return norm(F.relu(conv(x)))
-
-    def stages(self) -> list[Stage]:
-        blk = self._block
-        # For LRN the recorded conv1/conv2 activation includes the normalisation
-        # (it follows the ReLU); for BN it is the post-ReLU map, as elsewhere.
-        return [
-            ("conv1", lambda x: blk(self.conv1, self.norm1, x)),
-            ("conv2", lambda x: blk(self.conv2, self.norm2, self.pool(x))),
-            ("conv3", lambda x: blk(self.conv3, self.norm3, self.pool(x))),
-            ("conv4", lambda x: blk(self.conv4, self.norm4, x)),
-            ("conv5", lambda x: blk(self.conv5, self.norm5, x)),
-            ("fc6", lambda x: F.relu(self.fc6(torch.flatten(self.avgpool(self.pool(x)), 1)))),
-            ("fc7", lambda x: F.relu(self.fc7(self.drop(x)))),
-            ("fc8", lambda x: self.fc8(self.drop(x))),
-        ]
+    def rows(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+        # With LRN the recorded conv1/conv2 activation includes the normalisation (it
+        # follows the ReLU); with batch norm it is the post-ReLU map, as elsewhere.
+        x = relu_and_norm(self.conv1(x), self.norm1)
+        yield "conv1", x
+        x = relu_and_norm(self.conv2(self.pool1(x)), self.norm2)
+        yield "conv2", x
+        x = relu_and_norm(self.conv3(self.pool2(x)), self.norm3)
+        yield "conv3", x
+        x = relu_and_norm(self.conv4(x), self.norm4)
+        yield "conv4", x
+        x = relu_and_norm(self.conv5(x), self.norm5)
+        yield "conv5", x
+        x = self.avgpool(self.pool5(x)).flatten(1)
+        x = F.relu(self.fc6(x))
+        yield "fc6", x
+        x = self.drop6(x)
+        x = F.relu(self.fc7(x))
+        yield "fc7", x
+        x = self.drop7(x)
+        yield "fc8", self.fc8(x)
 
 
 # --------------------------------------------------------------------------- registry
