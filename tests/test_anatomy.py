@@ -82,9 +82,14 @@ def test_rows_agree_with_the_model(info) -> None:
 
 
 def test_names_come_from_execution_order_not_attributes() -> None:
-    """alexnet_owt keeps torchvision's `features.N` names: the rows still read conv1 .. fc8."""
+    """Rows are labelled by execution order (conv1 .. fc8), whatever a model calls its modules
+    (alexnet_owt's were torchvision's `features.N`; its state dict still is)."""
     a = model_anatomy("alexnet_owt")
-    assert a.row("conv1").module == "features.0" and a.row("fc8").module == "classifier.6"
+    modules = dict(create_model("alexnet_owt").named_modules())
+    assert isinstance(modules[a.row("conv1").module], torch.nn.Conv2d)
+    assert modules[a.row("conv1").module].out_channels == 64 and modules[a.row("fc8").module].out_features == 1000
+    assert [r.label for r in a.rows if r.label.startswith(("conv", "fc"))] == [
+        "conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
     assert a.row("conv1").params_formula == "64 x (11*11*3 + 1) = 23,296"
     assert a.row("avgpool5").note.startswith("adaptive average (identity at this size")
 
