@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from alexnet.checkpoint import ModelMeta
 from alexnet.errors import ImageLoadError
+from alexnet.metrics import count_hits
 
 ModelAndMeta = tuple[nn.Module, ModelMeta]
 
@@ -289,9 +290,9 @@ def evaluate(
     idx_parts, prob_parts, label_parts = [], [], []
     for probs, labels in dataset_probs(models, dataset, crops, batch_size, device, num_workers, progress):
         top_prob, top_idx = probs.topk(k, dim=1)
-        hit = top_idx == labels.unsqueeze(1)
-        top1 += int(hit[:, 0].sum())
-        top5 += int(hit.any(1).sum())
+        hits1, hits5 = count_hits(top_idx, labels).tolist()
+        top1 += hits1
+        top5 += hits5
         n += labels.numel()
         confusion += torch.bincount((labels * c + top_idx[:, 0]).cpu(), minlength=c * c)
         idx_parts.append(top_idx.cpu())
