@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from alexnet.models import model_info
 from alexnet.training.config import TrainConfig, from_dict, preset
-from alexnet.training.trainer import TrainResult, train
+from alexnet.training.trainer import TrainResult, describe_progress, train
 
 # Of the budget, the share kept for the set-up and what follows training (report).
 _AFTER_TRAINING = 0.08
@@ -94,23 +94,31 @@ def run_demo(
     data = Path(data).resolve()
     t_data = time.perf_counter() - t_start
 
-    cfg = preset("demo")
-    cfg = from_dict({"data": str(data), "out": str(out), **(overrides or {})}, cfg)
+    overrides = dict(overrides or {})
+    base = from_dict({"data": str(data), "out": str(out), **overrides}, preset("demo"))
     train_set = open_dataset(data, "train", validate="none")
-    cfg.crop = cfg.crop or model_info(cfg.model).input_size_for(train_set.image_size)
     budget = max(0.05, minutes) * 60 * (1 - _AFTER_TRAINING)
-    if "epochs" not in (overrides or {}):
-        val_images = len(open_dataset(data, cfg.val_split, validate="none")) if (data / cfg.val_split).is_dir() else 0
-        epoch_s = probe_epoch_seconds(cfg, train_set, val_images, seconds=min(3.0, max(1.0, budget / 20)))
-        cfg.epochs = plan_epochs(epoch_s, budget)
+    # Everything the demo decides goes into the configuration once, before it is validated.
+    plan: dict[str, Any] = {
+        "crop": base.crop or model_info(base.model).input_size_for(train_set.image_size),
+        "time_limit_minutes": budget / 60,  # a hard stop, whatever the plan says
+    }
+    about = f"demo: {len(train_set)} training images in {len(train_set.classes)} classes"
+    if "epochs" in overrides:
+        print(f"{about}; {base.epochs} epochs as asked, stopping at {budget / 60:.1f} min if they take longer",
+              flush=True)
+    else:
+        val_images = len(open_dataset(data, base.val_split, validate="none")) if (data / base.val_split).is_dir() else 0
+        epoch_s = probe_epoch_seconds(from_dict(plan, base), train_set, val_images,
+                                      seconds=min(3.0, max(1.0, budget / 20)))
+        plan.update(epochs=plan_epochs(epoch_s, budget), fit_time_limit=True)
         print(
-            f"demo: {len(train_set)} training images, {len(train_set.classes)} classes; about {epoch_s:.0f} s "
-            f"per epoch here -> {cfg.epochs} epochs in {budget / 60:.1f} min",
+            f"{about}. An epoch takes about {epoch_s:.0f} s here (measured), so the plan is {plan['epochs']} "
+            f"epochs in {budget / 60:.1f} min; it is checked against the measured time after every epoch",
             flush=True,
         )
-    cfg.time_limit_minutes = budget / 60
-    cfg.fit_time_limit = "epochs" not in (overrides or {})  # the probe's plan, corrected as it goes
-    result = train(cfg.validate(), resume=False)
+    cfg = from_dict(plan, base).validate()
+    result = train(cfg, resume=False)
 
     run_dir = Path(result.run_dir)
     if report:
@@ -121,10 +129,13 @@ def run_demo(
     if result.val_top1 is not None:
         print(f"val top-1: {result.val_top1:.1%}  top-5: {result.val_top5:.1%}")
     chance = 1 / max(result.num_classes, 1)
+    replanned = f" (first planned {cfg.epochs}, re-planned from the measured time)" \
+        if result.planned_epochs != cfg.epochs else ""
     print(
-        f"({result.num_classes} classes, chance {chance:.1%}; {result.epochs} epochs, {result.step} steps; "
-        f"data {t_data:.0f} s, training {result.elapsed_s / 60:.1f} min, total {total / 60:.1f} min)"
+        f"training {describe_progress(result)}{replanned}: {result.step} steps, "
+        f"{result.images_per_s:,.0f} images/s; {result.num_classes} classes, chance {chance:.1%}"
     )
+    print(f"time: data {t_data:.0f} s, training {result.elapsed_s / 60:.1f} min, total {total / 60:.1f} min")
     print(f"run directory: {run_dir}")
     if (run_dir / "report" / "report.html").exists():
         print(f"report: {run_dir / 'report' / 'report.html'}")
