@@ -37,7 +37,8 @@ def test_demo_tiny_budget(tmp_path, capsys):
     assert re.search(r"^demo: 128 training images in 4 classes\. An epoch takes about \d+ s here \(measured\), "
                      r"so the plan is \d+ epochs in 0\.1 min", printed, re.M), printed
     partial = summary["step"] > summary["epochs"] * summary["steps_per_epoch"]
-    assert len(re.findall(r"^epoch \d+/\d+  step \d+", printed, re.M)) == summary["epochs"] + partial
+    epoch_lines = re.findall(r"^epoch \d+/\d+( \(stopped after \d+ of its \d+ steps\))?  step \d+", printed, re.M)
+    assert len(epoch_lines) == summary["epochs"] + partial and bool(epoch_lines[-1]) == partial
     assert re.search(r"^training (completed|stopped at the time limit) .*: \d+ steps, [\d,]+ images/s", printed, re.M)
     # config.json and summary.json agree with what ran: the budget set before validation
     assert config["epochs"] == summary["planned_epochs"] and config["fit_time_limit"] is True
