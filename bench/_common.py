@@ -18,13 +18,15 @@ from torch import nn
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; asking for missing CUDA is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but CUDA is not available")
-    return dev
+    """The project's device rule (``auto``: CUDA when present); a bad one ends the benchmark
+    with its one-line message."""
+    from alexnet.devices import resolve_device as resolve
+    from alexnet.errors import UsageError
+
+    try:
+        return resolve(name)
+    except UsageError as exc:
+        raise SystemExit(f"error: --device: {exc}") from None
 
 
 def cpu_model() -> str:
@@ -51,7 +53,7 @@ def describe_hardware(device: torch.device) -> str:
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 autocast is worth using here: the training engine's own rule
     (``amp: auto``), so a benchmark measures what training does."""
-    from alexnet.training.trainer import native_bf16
+    from alexnet.devices import native_bf16
 
     return native_bf16(device)
 

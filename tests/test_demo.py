@@ -33,6 +33,16 @@ def test_demo_tiny_budget(tmp_path, capsys):
     assert summary["status"] in ("completed", "time_limit") and summary["step"] > 0
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "demo" and config["data"] == str(data.resolve())
+    # the plan in plain words, a line per epoch (the output is not a terminal), what it did
+    assert re.search(r"^demo: 128 training images in 4 classes\. An epoch takes about \d+ s here \(measured\), "
+                     r"so the plan is \d+ epochs in 0\.1 min", printed, re.M), printed
+    partial = summary["step"] > summary["epochs"] * summary["steps_per_epoch"]
+    epoch_lines = re.findall(r"^epoch \d+/\d+( \(stopped after \d+ of its \d+ steps\))?  step \d+", printed, re.M)
+    assert len(epoch_lines) == summary["epochs"] + partial and bool(epoch_lines[-1]) == partial
+    assert re.search(r"^training (completed|stopped at the time limit) .*: \d+ steps, [\d,]+ images/s", printed, re.M)
+    # config.json and summary.json agree with what ran: the budget set before validation
+    assert config["epochs"] == summary["planned_epochs"] and config["fit_time_limit"] is True
+    assert config["time_limit_minutes"] == pytest.approx(0.15 * 0.92)
     _model, meta = load_model(out / "checkpoints" / "best.pt")
     assert meta.model == "alexnet_small" and meta.num_classes == 4 and meta.image_size == 32
     assert elapsed < 0.15 * 60 + 30  # the budget bounds training; set-up and evaluation are small

@@ -236,8 +236,10 @@ def test_fit_time_limit_replans_epochs_and_schedule(tmp_path):
     cfg = tiny_config(tmp_path / "run", epochs=10, time_limit_minutes=1.0, fit_time_limit=True, schedule="onecycle")
     t = Trainer(cfg, train_set=Blobs(), val_set=None)
     t.epoch, t.train_time = 2, 20.0  # 2 epochs took 20 s: 40 s left fit 4 more
-    assert t._refit_epochs(10.0) and cfg.epochs == 6 and t.schedule.total_steps == 6 * t.steps_per_epoch
+    # The plan is the trainer's (t.epochs); the caller's configuration is left as it was given.
+    assert t._refit_epochs(10.0) and t.epochs == 6 and t.schedule.total_steps == 6 * t.steps_per_epoch
     t.train_time = 10.0  # faster than feared: stretch, but at most to twice the plan
-    assert t._refit_epochs(1.0) and cfg.epochs == 20
+    assert t._refit_epochs(1.0) and t.epochs == 20
+    assert cfg.epochs == 10
     t.train_time = 59.0
     assert not t._refit_epochs(10.0)  # not one more epoch fits: stop at this boundary

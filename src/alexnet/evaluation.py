@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from alexnet.checkpoint import ModelMeta
 from alexnet.devices import resolve_device
 from alexnet.errors import DECODE_REASONS, DecodeError, EvaluationError, ImageLoadError
+from alexnet.metrics import count_hits
 
 ModelAndMeta = tuple[nn.Module, ModelMeta]
 
@@ -406,9 +407,9 @@ def evaluate(
     batches = _scored_batches(models, dataset, crops, batch_size, device, num_workers, progress, skipped)
     for probs, labels, rows in batches:
         top_prob, top_idx = probs.topk(k, dim=1)
-        hit = top_idx == labels.unsqueeze(1)
-        top1 += int(hit[:, 0].sum())
-        top5 += int(hit.any(1).sum())
+        hits1, hits5 = count_hits(top_idx, labels).tolist()
+        top1 += hits1
+        top5 += hits5
         n += labels.numel()
         confusion += torch.bincount((labels * c + top_idx[:, 0]).cpu(), minlength=c * c)
         idx_parts.append(top_idx.cpu())

@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
-from alexnet.checkpoint import CheckpointError, ModelMeta, atomic_write_bytes, load_model
+from alexnet.checkpoint import CheckpointError, ModelMeta, load_model
 from alexnet.data import resolve_data
 from alexnet.data.sampling import spaced_indices
 from alexnet.data.splits import open_splits
 from alexnet.devices import resolve_device
 from alexnet.errors import ReportError
+from alexnet.files import atomic_write_bytes
 from alexnet.runs import RunPaths
 
 

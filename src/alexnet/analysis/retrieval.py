@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from alexnet.checkpoint import ModelMeta, atomic_write_bytes
+from alexnet.checkpoint import ModelMeta
 from alexnet.data.sampling import spaced_indices
 from alexnet.errors import EvaluationError, IndexFormatError
 from alexnet.evaluation import Predictor, iter_batches
+from alexnet.files import atomic_write_bytes
 
 INDEX_VERSION = 1
 FEATURES_FILE = "features.safetensors"

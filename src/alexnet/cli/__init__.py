@@ -52,21 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Console(logging.StreamHandler):
-    """Library messages as plain lines on whatever ``sys.stderr`` is now (stdout stays for
-    results, e.g. ``--json``)."""
+    """Library messages as plain lines: progress (INFO) on stdout like the results it leads
+    to, warnings on stderr; everything on stderr when stdout carries JSON. The stream is
+    looked up at each message, so whatever ``sys.stdout``/``sys.stderr`` is now gets it."""
+
+    def __init__(self, quiet_stdout: bool) -> None:
+        super().__init__()
+        self.quiet_stdout = quiet_stdout
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
+        self.stream = sys.stderr if self.quiet_stdout or record.levelno >= logging.WARNING else sys.stdout
         super().emit(record)
 
 
-def _show_library_messages() -> None:
-    """The library reports progress through ``logging``; a command shows its INFO lines."""
+def _show_library_messages(args: argparse.Namespace) -> None:
+    """The library reports progress through ``logging`` (logger ``alexnet``); a command shows it."""
     logger = logging.getLogger("alexnet")
-    if not any(isinstance(h, _Console) for h in logger.handlers):
-        handler = _Console()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    for old in [h for h in logger.handlers if isinstance(h, _Console)]:
+        logger.removeHandler(old)
+    handler = _Console(quiet_stdout=getattr(args, "json", None) in (True, "-"))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
 
@@ -79,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    _show_library_messages()
+    _show_library_messages(args)
     try:
         return int(args.func(args) or 0)
     except AlexNetError as exc:

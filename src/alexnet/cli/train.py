@@ -136,7 +136,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from alexnet.training.demo import run_demo
+    from alexnet.demo import run_demo
+    from alexnet.training.trainer import describe_progress
 
     overrides = parse_sets(args.set)
     if args.no_progress:
@@ -146,7 +147,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.force:
             raise UsageError(f"{out} already holds a run; pass --force to replace it or choose another --out")
         shutil.rmtree(out)
-    run_demo(out, minutes=args.minutes, data=args.data, overrides=overrides)
+    demo = run_demo(out, minutes=args.minutes, data=args.data, overrides=overrides)
+    result = demo.train
+    print()
+    if result.val_top1 is not None:
+        print(f"val top-1: {result.val_top1:.1%}  top-5: {result.val_top5:.1%}")
+    replanned = (f" (first planned {demo.first_planned_epochs}, re-planned from the measured time)"
+                 if result.planned_epochs != demo.first_planned_epochs else "")
+    print(f"training {describe_progress(result)}{replanned}: {result.step} steps, "
+          f"{result.images_per_s:,.0f} images/s; {result.num_classes} classes, chance {1 / max(result.num_classes, 1):.1%}")
+    print(f"time: data {demo.data_seconds:.0f} s, training {result.elapsed_s / 60:.1f} min, "
+          f"total {demo.total_seconds / 60:.1f} min")
+    print(f"run directory: {result.run_dir}")
+    if demo.report is not None:
+        print(f"report: {demo.report}")
+    print(f"explore it:  alexnet explore --checkpoint {demo.checkpoint} --data {demo.data}")
     return 0
 
 

@@ -14,6 +14,12 @@ middle of an epoch gives exactly the learning rate the uninterrupted run had.
 * ``constant``.
 
 Every schedule but ``onecycle`` accepts a linear warm-up of ``warmup_epochs``.
+
+Re-planning. A time-boxed run may change its length as it goes (``fit_time_limit``):
+:meth:`LRSchedule.replan` keeps the learning rate where it is and lays what is left of the
+schedule over the steps that are left, so the run follows one schedule, continuous and
+monotone where the schedule is, that ends at its final value. One-cycle re-planned during
+its rise keeps rising from where it was, only at another pace.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ class LRSchedule:
         self.steps_per_epoch = max(1, steps_per_epoch)
         # Planned over ``epochs`` even when ``max_steps`` stops a run early, so that a run
         # stopped and resumed follows the same curve as one that never stopped.
-        self.total_steps = max(1, cfg.epochs * self.steps_per_epoch)
+        self.total_steps = self.planned_steps = max(1, cfg.epochs * self.steps_per_epoch)
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.cfg = cfg
         # plateau state
@@ -41,18 +47,23 @@ class LRSchedule:
         self.bad_epochs = 0
         self.reductions = 0
         self.history: list[dict[str, float]] = []
+        # Re-plans, as [step, position, total_steps]: from ``step`` on the schedule's
+        # formulas are read at ``position`` (a step of the new plan of ``total_steps``),
+        # moving evenly to the plan's end. Empty for a run that was never re-planned.
+        self.replans: list[list[float]] = []
 
     # ------------------------------------------------------------------ evaluation
 
     def lr(self, step: int) -> float:
         """Learning rate for optimiser step ``step`` (0-based, counted over the whole run)."""
         c, base = self.cfg, self.base_lr
+        total, pos = self._plan_at(step)
         if self.kind == "onecycle":
-            peak = max(1, round(c.onecycle_pct * self.total_steps))
+            peak = self._knee(total)
             start, end = base / c.onecycle_div, base / c.onecycle_final_div
-            if step < peak:
-                return _cos_interp(start, base, step / peak)
-            return _cos_interp(base, end, min(1.0, (step - peak) / max(1, self.total_steps - peak)))
+            if pos < peak:
+                return _cos_interp(start, base, pos / peak)
+            return _cos_interp(base, end, min(1.0, (pos - peak) / max(1, total - peak)))
         warm = (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
         epoch = step // self.steps_per_epoch
         if self.kind == "plateau":
@@ -60,12 +71,45 @@ class LRSchedule:
         elif self.kind == "step":
             lr = base * c.step_gamma ** int(epoch // c.step_size)
         elif self.kind == "cosine":
-            span = max(1, self.total_steps - self.warmup_steps)
-            t = min(1.0, max(0, step - self.warmup_steps) / span)
+            span = max(1, total - self.warmup_steps)
+            t = min(1.0, max(0, pos - self.warmup_steps) / span)
             lr = _cos_interp(base, c.min_lr, t)
         else:  # constant
             lr = base
         return lr * warm
+
+    def replan(self, total_steps: int, at_step: int) -> None:
+        """The run now ends after ``total_steps`` steps; ``at_step`` is the next step to take.
+        The learning rate at ``at_step`` stays what it was (see the module docstring)."""
+        total_steps = max(1, total_steps)
+        if total_steps == self.total_steps:
+            return
+        old_total, pos = self._plan_at(at_step)
+        # Where the old plan stands, as a fraction of its current phase (rise or warm-up,
+        # then decay); the same fraction of the same phase of the new plan.
+        knee, new_knee = self._knee(old_total), self._knee(total_steps)
+        if pos < knee:
+            new_pos = pos / knee * new_knee if self.kind == "onecycle" else pos
+        else:
+            done = min(1.0, (pos - knee) / max(1, old_total - knee))
+            new_pos = new_knee + done * (total_steps - new_knee)
+        self.total_steps = total_steps
+        self.replans.append([at_step, new_pos, total_steps])
+
+    def _knee(self, total_steps: int) -> int:
+        """The step where the schedule turns: one-cycle's peak, the end of the warm-up."""
+        if self.kind == "onecycle":
+            return max(1, round(self.cfg.onecycle_pct * total_steps))
+        return self.warmup_steps
+
+    def _plan_at(self, step: int) -> tuple[int, float]:
+        """(total steps of the plan in force at ``step``, the position in that plan to read
+        the schedule at): ``step`` itself unless the run was re-planned before it."""
+        total, pos = self.planned_steps, step
+        for at, start, plan in self.replans:
+            if step >= at:
+                total, pos = int(plan), start + (plan - start) * (step - at) / max(1, plan - at)
+        return total, pos
 
     def epoch_end(self, val_error: float | None) -> bool:
         """Record an epoch's validation error (fraction); True when the plateau rule fired."""
@@ -96,6 +140,9 @@ class LRSchedule:
             "bad_epochs": int(self.bad_epochs),
             "reductions": int(self.reductions),
             "history": [dict(h) for h in self.history],
+            "planned_steps": int(self.planned_steps),
+            "total_steps": int(self.total_steps),
+            "replans": [list(r) for r in self.replans],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -105,6 +152,10 @@ class LRSchedule:
         self.bad_epochs = int(state["bad_epochs"])
         self.reductions = int(state["reductions"])
         self.history = [dict(h) for h in state.get("history", [])]
+        # A re-planned run resumes with its plan; any other takes its length from the config.
+        self.replans = [[int(at), float(pos), int(plan)] for at, pos, plan in state.get("replans", [])]
+        if self.replans:
+            self.planned_steps, self.total_steps = int(state["planned_steps"]), int(state["total_steps"])
 
 
 def _cos_interp(start: float, end: float, t: float) -> float:

@@ -6,10 +6,20 @@ directory (see ``docs/architecture.md``)::
     RUN/config.json  checkpoints/last.pt  checkpoints/best.pt  model.safetensors
     RUN/metrics.jsonl  tb/  summary.json
 
+The loop. :meth:`Trainer._loop` reads top to bottom: for each batch, set the learning rate,
+:meth:`Trainer.train_step`, add to the :class:`~alexnet.training.meter.Meter`, log at log
+points, then :meth:`Trainer._should_stop`, the one place that decides to stop (signal, time
+limit, ``max_steps``) or to checkpoint. At an epoch's end: validate, log, checkpoint, and a
+time-boxed run re-plans its length (:meth:`Trainer._refit_epochs`). What is not the loop
+lives beside it: ``meter.py`` (running sums, images/s), ``schedules.py``, ``rng.py``,
+``signals.py``, ``runlog.py``.
+
 Speed. bf16 autocast wherever the hardware has native bf16, GPU or CPU (fp32 master
-weights: the parameters and the optimiser stay fp32); on CUDA also channels_last, optional ``torch.compile``, pinned host memory with non-blocking
-copies, augmentation on the device. The loss and accuracy are accumulated on the device and
-read back only every ``log_every`` steps, so a step never waits for the GPU otherwise.
+weights: the parameters and the optimiser stay fp32); on CUDA also channels_last, optional
+``torch.compile``, pinned host memory with non-blocking copies, augmentation on the device.
+The loss and accuracy are accumulated on the device and read back only every ``log_every``
+steps, so a step never waits for the GPU otherwise. images/s counts the training steps
+alone: not the loader's start, a process's first (warm-up) step, validation or checkpoints.
 
 Exact resumption. A checkpoint is taken between two optimiser steps and holds the model,
 the optimiser (momentum buffers), the schedule, every rank's RNGs (torch CPU and CUDA,
@@ -30,18 +40,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
-import os
-import random
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,10 +61,30 @@ from alexnet.checkpoint import (
 )
 from alexnet.data.loader import EpochBatches
 from alexnet.data.splits import open_splits
-from alexnet.errors import TrainingError
+from alexnet.devices import native_bf16, resolve_device
+from alexnet.errors import TrainingError, UsageError
+from alexnet.files import atomic_write_bytes
+from alexnet.metrics import topk_hits
+from alexnet.runs import RunPaths
 from alexnet.training import distributed as D
 from alexnet.training.config import ConfigError, TrainConfig
+from alexnet.training.meter import Meter
+from alexnet.training.rng import rng_state, seed_everything, set_rng_state
+from alexnet.training.runlog import RunLog
 from alexnet.training.schedules import LRSchedule
+from alexnet.training.signals import StopFlag
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TrainResult",
+    "Trainer",
+    "TrainingError",
+    "format_summary",
+    "parameter_groups",
+    "seed_everything",
+    "train",
+]
 
 
 @dataclass
@@ -84,80 +110,14 @@ class TrainResult:
     data: str
     # Source files skipped as unreadable (path, reason), train and val: counted, never guessed at.
     bad_files: list[dict[str, str]] = field(default_factory=list)
+    planned_epochs: int = 0  # the plan at the end (a time-boxed run may have re-planned it)
+    steps_per_epoch: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 # --------------------------------------------------------------------------- set-up helpers
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("config key 'device': CUDA was requested but is not available")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
-
-
-_NO_SUMS = (0.0, 0.0, 0.0, 0)  # an epoch's running sums before its first step
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the hardware computes in bf16 natively, so autocast to it is a speed-up:
-    a CUDA GPU with bf16 (Ampere and later), or a CPU with AVX512-BF16 or AMX. Elsewhere
-    bf16 is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = torch.cpu
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
-    return False
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def rng_state(aug: torch.Generator) -> dict[str, Any]:
-    """Every random stream the run draws from, as plain data (loads with weights_only=True)."""
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": [version, list(internal), gauss],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-        "augment": aug.get_state(),
-        "augment_device": str(aug.device),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any], aug: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    aug.set_state(state["augment"])
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError):  # a different GPU count: keep the fresh streams
-            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_bias: bool) -> list[dict[str, Any]]:
@@ -174,90 +134,9 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_bias: bool) ->
     return groups
 
 
-class _StopFlag:
-    """SIGTERM / SIGINT -> finish the current step, checkpoint, exit cleanly."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        if sys.platform != "win32" and _in_main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-class RunLog:
-    """metrics.jsonl + TensorBoard, written by rank 0 only. A failing write (full disk) is
-    reported once and then skipped: metrics must never kill a run that can still checkpoint."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None) -> None:
-        self.enabled, self.path, self.tb = enabled, run_dir / "metrics.jsonl", None
-        self._warned = False
-        if not enabled:
-            return
-        if resume_step is not None and self.path.is_file():
-            # Drop what the interrupted run logged after its last checkpoint: those steps are redone.
-            kept = []
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by the kill
-                if isinstance(rec, dict) and rec.get("step", 0) <= resume_step:
-                    kept.append(line)
-            self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
-            except Exception as exc:  # tensorboard missing or broken: metrics.jsonl still works
-                print(f"warning: TensorBoard logging disabled ({exc})", file=sys.stderr)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        try:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.tb is not None:
-                prefix = "train" if record["kind"] == "step" else "epoch"
-                for key, value in record.items():
-                    if key not in ("kind", "epoch", "step", "time") and isinstance(value, int | float):
-                        self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
-        except OSError as exc:
-            if not self._warned:
-                print(f"warning: could not write metrics ({exc}); continuing without them", file=sys.stderr)
-                self._warned = True
-
-    def close(self) -> None:
-        if self.tb is not None:
-            with contextlib.suppress(Exception):
-                self.tb.close()
 
 
 # --------------------------------------------------------------------------- the engine
@@ -277,7 +156,10 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         env = D.env_info()
-        self.device = resolve_device(cfg.device, env.local_rank)
+        try:
+            self.device = resolve_device(cfg.device, env.local_rank)
+        except UsageError as exc:
+            raise ConfigError(f"config key 'device': {exc}") from None
         self.dist = D.setup(self.device)
         if self.dist.enabled and cfg.split_devices:
             raise ConfigError("config key 'split_devices': the two-device model split cannot be combined with DDP")
@@ -286,10 +168,53 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
         self.is_main = self.dist.is_main
         self.run_dir = Path(cfg.out)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.last_path, self.best_path = self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt"
+        self.paths = RunPaths(self.run_dir)
+        self.ckpt_dir, self.last_path, self.best_path = self.paths.checkpoints, self.paths.last, self.paths.best
+        self._open_data(train_set, val_set)
+        self._build_model()
 
-        # ---- data
+        from alexnet.data.transforms import EvalTransform, TrainAugment
+
+        self.augment = TrainAugment(
+            self.crop, self.stats, self.norm_mode, lighting=cfg.lighting, flip=cfg.flip, random_crop=cfg.random_crop
+        ).to(self.device)
+        self.eval_tf = EvalTransform(self.crop, self.stats, self.norm_mode).to(self.device)
+        self.aug_gen = torch.Generator(device=self.device)
+        self.aug_gen.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
+
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(self.model, cfg.weight_decay, cfg.decay_bias),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+        )
+        self.train_batches = self._loader(train=True)
+        self.val_batches = self._loader(train=False) if self.val_set is not None and len(self.val_set) else None
+        self.steps_per_epoch = self.train_batches.per_epoch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"config key 'batch_size': {cfg.batch_size} x {self.dist.world_size} process(es) is larger than "
+                f"the {len(self.train_set)} training images"
+            )
+        self.schedule = LRSchedule(cfg, self.steps_per_epoch)
+
+        # ---- position
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        # The run's plan: cfg.epochs, unless a time-boxed run re-plans it (fit_time_limit).
+        self.epochs = cfg.epochs
+        self.best_top1: float | None = None
+        self.last_val: dict[str, float] = {}
+        self.train_time = 0.0  # seconds spent training, summed over resumed segments
+        self.last_saved_step: int | None = None
+        self.last_train_loss: float | None = None
+        # This process's running sums (log window, epoch in progress) and its steps' speed.
+        self.meter = Meter(self.device, self.dist.world_size)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _open_data(self, train_set: Any, val_set: Any) -> None:
+        """The splits, given or opened from ``cfg.data`` (default: the embedded dataset)."""
+        cfg = self.cfg
         if train_set is None:
             path = cfg.data
             if path is None:
@@ -310,13 +235,13 @@ class Trainer:
         self.image_size = int(train_set.image_size)
         self.stats = train_set.stats
 
-        # ---- model
-        from alexnet.models import list_models
+    def _build_model(self) -> None:
+        """The model for these classes and this input side (from the registry's metadata),
+        placed, wrapped for DDP or compiled as asked; its metadata for the checkpoints."""
+        cfg = self.cfg
+        from alexnet.models import model_info
 
-        infos = {m.name: m for m in list_models()}
-        if cfg.model not in infos:
-            raise ConfigError(f"config key 'model': unknown model {cfg.model!r}; choose from {sorted(infos)}")
-        info = infos[cfg.model]
+        info = model_info(cfg.model)  # validate() has checked the name against the zoo
         self.crop = cfg.crop or info.input_size_for(self.image_size)
         if self.crop > self.image_size:
             raise ConfigError(
@@ -331,7 +256,7 @@ class Trainer:
             self.stats.mean_image is None or tuple(self.stats.mean_image.shape[-2:]) != (self.image_size,) * 2
         ):
             if self.is_main:
-                print("note: no mean image for this dataset; normalising per channel instead", file=sys.stderr)
+                logger.warning("note: no mean image for this dataset; normalising per channel instead")
             self.norm_mode = "channel"
         self.meta = ModelMeta(
             model=cfg.model,
@@ -369,43 +294,6 @@ class Trainer:
         if cfg.compile:
             net = torch.compile(net)
         self.net = net
-
-        from alexnet.data.transforms import EvalTransform, TrainAugment
-
-        self.augment = TrainAugment(
-            self.crop, self.stats, self.norm_mode, lighting=cfg.lighting, flip=cfg.flip, random_crop=cfg.random_crop
-        ).to(self.device)
-        self.eval_tf = EvalTransform(self.crop, self.stats, self.norm_mode).to(self.device)
-        self.aug_gen = torch.Generator(device=self.device)
-        self.aug_gen.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
-
-        self.optimizer = torch.optim.SGD(
-            parameter_groups(model, cfg.weight_decay, cfg.decay_bias),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-        )
-        self.train_batches = self._loader(train=True)
-        self.val_batches = self._loader(train=False) if val_set is not None and len(val_set) else None
-        self.steps_per_epoch = self.train_batches.per_epoch
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"config key 'batch_size': {cfg.batch_size} x {self.dist.world_size} process(es) is larger than "
-                f"the {len(train_set)} training images"
-            )
-        self.schedule = LRSchedule(cfg, self.steps_per_epoch)
-
-        # ---- position
-        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.best_top1: float | None = None
-        self.last_val: dict[str, float] = {}
-        self.train_time = 0.0  # seconds spent training, summed over resumed segments
-        self.last_saved_step: int | None = None
-        # This process's sums over the epoch in progress (loss x images, top-1 hits, top-5 hits,
-        # images) as of the last save; zeros between epochs.
-        self.epoch_sums: tuple[float, float, float, int] = _NO_SUMS
-        self._planned_epochs = cfg.epochs
-        self.last_train_loss: float | None = None
 
     # ------------------------------------------------------------------ data
 
@@ -477,14 +365,11 @@ class Trainer:
         }
 
     def _rank_state(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.aug_gen), "epoch_sums": list(self.epoch_sums)}
-
-    def _hold_epoch_sums(self, loss: Tensor, c1: Tensor, c5: Tensor, seen: int) -> None:
-        """Keep the running sums of the epoch in progress for the next save (one host sync)."""
-        self.epoch_sums = (loss.item(), c1.item(), c5.item(), seen)
+        return {"rng": rng_state(self.aug_gen), **self.meter.state()}
 
     def save(self, best: bool = False) -> None:
         """Write ``last.pt`` (and ``best.pt``) from rank 0; every rank waits for it."""
+        self.meter.clock.stop()  # writing is not training: the loop restarts the clock
         ranks = D.all_gather_object(self._rank_state())
         if self.is_main:
             try:
@@ -512,6 +397,7 @@ class Trainer:
                     "Free space and rerun with --resume."
                 ) from exc
         self.last_saved_step = self.step
+        self._saved_at = time.perf_counter()
         D.barrier()
 
     def load(self) -> bool:
@@ -539,6 +425,8 @@ class Trainer:
         self._load_model_state(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.schedule.load_state_dict(ck["scheduler"])
+        if self.schedule.replans:  # a time-boxed run resumes with the plan it had made
+            self.epochs = self.schedule.total_steps // self.steps_per_epoch
         self.epoch, self.batch_in_epoch, self.step = int(ts["epoch"]), int(ts["batch_in_epoch"]), int(ts["step"])
         best = float(ts["best_top1"])
         self.best_top1 = None if best < 0 else best
@@ -549,12 +437,11 @@ class Trainer:
             if isinstance(ranks, list) and len(ranks) == self.dist.world_size:
                 mine = ranks[self.dist.rank]
                 set_rng_state(mine["rng"], self.aug_gen)
-                loss, c1, c5, seen = mine["epoch_sums"]
-                self.epoch_sums = (float(loss), float(c1), float(c5), int(seen))
+                self.meter.load_state(mine)
             else:  # written before checkpoints held every rank's state: rank 0's streams
                 set_rng_state(ts["rng"], self.aug_gen)
         elif self.is_main:
-            print("note: world size changed since the checkpoint; random streams restart", file=sys.stderr)
+            logger.warning("note: world size changed since the checkpoint; random streams restart")
         self.last_saved_step = self.step
         return True
 
@@ -566,7 +453,6 @@ class Trainer:
         if self.val_batches is None:
             return {}
         self.model.eval()
-        k = min(5, len(self.classes))
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, top1, top5, count
         with torch.random.fork_rng(devices=[]):  # evaluation must not move the training RNG
             for x, y in self.val_batches.epoch(0):
@@ -574,10 +460,7 @@ class Trainer:
                 with self._autocast():
                     logits = self.model(self._prep(self.eval_tf(x))).float()
                 sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-                top = logits.topk(k, dim=1).indices
-                hit = top == y.view(-1, 1)
-                sums[1] += hit[:, :1].any(1).sum()
-                sums[2] += hit.any(1).sum()
+                sums[1:3] += topk_hits(logits, y)
                 sums[3] += y.numel()
         D.all_reduce_sum(sums)
         self.model.train()
@@ -597,13 +480,12 @@ class Trainer:
             resumed = self.load()
             if self.is_main:
                 if resumed:
-                    print(
+                    logger.info(
                         f"resumed from {self.last_path}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, "
                         f"step {self.step}" + (f" (restart {self.dist.restart_count})" if self.dist.restart_count else ""),
-                        flush=True,
                     )
                 else:
-                    print(f"note: nothing to resume in {self.ckpt_dir}; starting fresh", file=sys.stderr)
+                    logger.warning(f"note: nothing to resume in {self.ckpt_dir}; starting fresh")
         elif self.last_path.exists():
             raise TrainingError(
                 f"{self.run_dir} already holds a run ({self.last_path}); pass --resume to continue it "
@@ -613,211 +495,189 @@ class Trainer:
             try:
                 self._write_config()
             except OSError as exc:
-                raise TrainingError(f"cannot write {self.run_dir / 'config.json'}: {exc}; nothing was changed") from exc
+                raise TrainingError(f"cannot write {self.paths.config}: {exc}; nothing was changed") from exc
         log = RunLog(self.run_dir, self.is_main, cfg.tensorboard, self.step if resumed else None)
         try:
-            with _StopFlag() as stop:
+            with StopFlag() as stop:
                 status = self._loop(log, stop)
         finally:
             log.close()
-        result = self._finish(status)
-        return result
+        return self._finish(status)
 
-    def _write_config(self) -> None:
-        resolved = self.cfg.to_dict()
-        resolved.update(
-            data=self.data_path,
-            crop=self.crop,
-            norm_mode=self.norm_mode,
-            model_options=self.meta.options,
-        )
-        info = {
-            "world_size": self.dist.world_size,
-            "global_batch": self.cfg.batch_size * self.dist.world_size,
-            "device": str(self.device),
-            "amp": "bf16" if self.amp_dtype is not None else "none",
-            "channels_last": self.channels_last,
-            "steps_per_epoch": self.steps_per_epoch,
-            "train_images": len(self.train_set),
-            "val_images": len(self.val_set) if self.val_set is not None else 0,
-            "val_held_out_from_train": self.held_out,
-            "image_size": self.image_size,
-            "torch": torch.__version__,
-        }
-        text = json.dumps({**resolved, "run": info}, indent=2) + "\n"
-        from alexnet.checkpoint import atomic_write_bytes
-
-        atomic_write_bytes(self.run_dir / "config.json", text.encode())
-
-    def _loop(self, log: RunLog, stop: _StopFlag) -> str:
-        cfg, dev = self.cfg, self.device
-        world = self.dist.world_size
-        t_start = time.perf_counter()
-        time0 = self.train_time
-        last_ckpt_time = t_start
+    def _loop(self, log: RunLog, stop: StopFlag) -> str:
+        """Epochs of training steps until the plan is done or :meth:`_should_stop` says
+        stop; returns the status ("completed", "interrupted", "time_limit", "max_steps")."""
+        cfg = self.cfg
+        self._started = time.perf_counter() - self.train_time  # the wall clock of all segments
+        self._saved_at, segment_start, segment_epochs = time.perf_counter(), self.train_time, 0
+        first_step = self.step  # this process's first step warms up (kernels, allocator, compile)
         self.net.train()
-        zero = torch.zeros((), device=dev)
-        status = "completed"
-        segment_epochs = 0  # whole epochs run by this process (for fit_time_limit)
-        while self.epoch < cfg.epochs:
-            total = self.steps_per_epoch
-            batches = self.train_batches.epoch(self.epoch, self.batch_in_epoch)
-            loss_sum, correct1, correct5, seen = zero.clone(), zero.clone(), zero.clone(), 0
-            # The epoch's running sums; a run resumed mid-epoch starts from the checkpoint's.
-            loss0, c1_0, c5_0, epoch_seen = self.epoch_sums
-            epoch_loss, epoch_c1, epoch_c5 = zero + loss0, zero + c1_0, zero + c5_0
-            t_log, n_log = time.perf_counter(), 0
-            k = min(5, len(self.classes))
-            bar = self._progress(batches)
-            for x, y in bar:
-                lr = self.schedule.lr(self.step)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+        while True:
+            reason = None
+            bar = self._progress()
+            for x, y in self.train_batches.epoch(self.epoch, self.batch_in_epoch):
+                if self.step > first_step:  # timed from the first batch in hand: loader start-up is set-up
+                    self.meter.clock.start()
+                lr = self._set_lr()
                 x, y = self._to_device(x, y)
-                inputs = self._prep(self.augment(x, generator=self.aug_gen))
-                with self._autocast():
-                    logits = self.net(inputs)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
+                loss, logits = self.train_step(x, y)
+                self.meter.add(loss, logits, y)
                 self.step += 1
                 self.batch_in_epoch += 1
-                with torch.no_grad():  # device-side running sums; read back only at log time
-                    d = loss.detach() * y.numel()
-                    hit = logits.detach().topk(k, dim=1).indices == y.view(-1, 1)
-                    c1, c5 = hit[:, :1].sum(), hit.any(1).sum()
-                    loss_sum += d
-                    correct1 += c1
-                    correct5 += c5
-                    epoch_loss += d
-                    epoch_c1 += c1
-                    epoch_c5 += c5
-                seen += y.numel()
-                epoch_seen += y.numel()
-                n_log += 1
-
-                at_log = self.step % cfg.log_every == 0 or self.batch_in_epoch == total
-                # Control decisions (stop, checkpoint) must be taken by every process at the same
-                # step: single-process runs decide every step, DDP runs at log points (one sync).
-                control = at_log or not self.dist.enabled
+                bar.update()
+                at_log = self.step % cfg.log_every == 0 or self.batch_in_epoch == self.steps_per_epoch
                 if at_log:
-                    mean_loss = loss_sum.item() / max(seen, 1)
-                    if not math.isfinite(mean_loss):
-                        self._diverged(mean_loss, log)
-                    now = time.perf_counter()
-                    ips = n_log * cfg.batch_size * world / max(now - t_log, 1e-9)
-                    log.write(
-                        {
-                            "kind": "step",
-                            "epoch": self.epoch + 1,  # the epoch in progress, counted from 1
-                            "step": self.step,
-                            "loss": mean_loss,
-                            "lr": lr,
-                            "images_per_s": ips,
-                            "train_top1": correct1.item() / max(seen, 1),
-                            "train_top5": correct5.item() / max(seen, 1),
-                            "time": time0 + now - t_start,
-                        }
-                    )
-                    if bar is not batches:
-                        left = (cfg.epochs * self.steps_per_epoch - self.step) * cfg.batch_size * world / max(ips, 1e-9)
-                        bar.set_postfix(
-                            loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:,.0f}", run_eta=_hms(left), refresh=False
-                        )
-                    loss_sum.zero_(), correct1.zero_(), correct5.zero_()
-                    seen, t_log, n_log = 0, now, 0
-                if control:
-                    now = time.perf_counter()
-                    elapsed = time0 + now - t_start
-                    reason = None
-                    if stop.signal is not None:
-                        reason = "interrupted"
-                    elif cfg.time_limit_minutes is not None and elapsed >= cfg.time_limit_minutes * 60:
-                        reason = "time_limit"
-                    elif cfg.max_steps is not None and self.step >= cfg.max_steps:
-                        reason = "max_steps"
-                    want_ckpt = (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0) or (
-                        cfg.checkpoint_minutes > 0 and now - last_ckpt_time >= cfg.checkpoint_minutes * 60
-                    )
-                    if self.dist.enabled:
-                        reason = D.broadcast_object(reason)
-                        want_ckpt = D.any_flag(want_ckpt, dev)
+                    self._log_steps(log, lr, bar)
+                # Every process must take control decisions at the same step: one process
+                # decides at every step, DDP processes at log points (one collective).
+                if at_log or not self.dist.enabled:
+                    reason, checkpoint = self._should_stop(stop)
                     if reason is not None:
-                        status = reason
                         break
-                    if want_ckpt and self.batch_in_epoch < total:
-                        self._check_finite(epoch_loss, log)
-                        self.train_time = time0 + time.perf_counter() - t_start
-                        self._hold_epoch_sums(epoch_loss, epoch_c1, epoch_c5, epoch_seen)
-                        self.save()
-                        last_ckpt_time = time.perf_counter()
-            if bar is not batches:
-                bar.close()
-            self.train_time = time0 + time.perf_counter() - t_start
-            if status == "interrupted":
-                self._check_finite(epoch_loss, log)
-                self._hold_epoch_sums(epoch_loss, epoch_c1, epoch_c5, epoch_seen)
-                self.save()
+                    if checkpoint and self.batch_in_epoch < self.steps_per_epoch:
+                        self._save_mid_epoch(log)
+            self.meter.clock.stop()
+            bar.close()
+            self.train_time = self._elapsed()
+            if reason == "interrupted":  # save at once; the epoch's figures wait for the resume
+                self._save_mid_epoch(log)
                 if self.is_main:
-                    print(f"stopped by signal at epoch {self.epoch} step {self.step}; checkpoint {self.last_path}")
-                return status
-            epoch_done = self.batch_in_epoch >= total
-            if epoch_done:
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                self.epoch_sums = _NO_SUMS
-            else:  # stopped mid-epoch by a limit: the save in _end_epoch keeps the sums so far
-                self._hold_epoch_sums(epoch_loss, epoch_c1, epoch_c5, epoch_seen)
-            self._check_finite(epoch_loss, log)
-            self._end_epoch(log, epoch_loss, epoch_c1, epoch_c5, epoch_seen, epoch_done)
-            last_ckpt_time = time.perf_counter()
-            if status != "completed":
-                return status
-            if epoch_done and cfg.fit_time_limit and cfg.time_limit_minutes is not None:
+                    logger.info(f"stopped by signal at epoch {self.epoch} step {self.step}; checkpoint {self.last_path}")
+                return reason
+            self._end_epoch(log)  # also when a limit stopped it midway: the figures so far
+            if reason is not None:
+                return reason
+            if self.epoch >= self.epochs:
+                return "completed"
+            if cfg.fit_time_limit and cfg.time_limit_minutes is not None:
                 segment_epochs += 1
-                if not self._refit_epochs((time.perf_counter() - t_start) / segment_epochs):
+                if not self._refit_epochs((self._elapsed() - segment_start) / segment_epochs):
                     return "time_limit"
-        return status
+
+    def _set_lr(self) -> float:
+        lr = self.schedule.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One optimiser step on a uint8 batch on the device: augment, forward, loss, backward,
+        update. Returns the loss and the logits (still on the device)."""
+        inputs = self._prep(self.augment(x, generator=self.aug_gen))
+        with self._autocast():
+            logits = self.net(inputs)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss, logits
+
+    def _should_stop(self, stop: StopFlag) -> tuple[str | None, bool]:
+        """At a step boundary: why the run stops here (None: it goes on) and whether a
+        mid-epoch checkpoint is due. Every process gets the same answer."""
+        cfg = self.cfg
+        reason = None
+        if stop.signal is not None:
+            reason = "interrupted"
+        elif cfg.time_limit_minutes is not None and self._elapsed() >= cfg.time_limit_minutes * 60:
+            reason = "time_limit"
+        elif cfg.max_steps is not None and self.step >= cfg.max_steps:
+            reason = "max_steps"
+        checkpoint = (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0) or (
+            cfg.checkpoint_minutes > 0 and time.perf_counter() - self._saved_at >= cfg.checkpoint_minutes * 60
+        )
+        if self.dist.enabled:
+            reason = D.broadcast_object(reason)
+            checkpoint = D.any_flag(checkpoint, self.device)
+        return reason, checkpoint
+
+    def _elapsed(self) -> float:
+        """Wall-clock seconds of training so far, resumed segments included: the time limit's
+        clock (validation and checkpoints count)."""
+        return time.perf_counter() - self._started
+
+    # ------------------------------------------------------------------ re-planning
 
     def _refit_epochs(self, epoch_seconds: float) -> bool:
-        """Re-plan ``epochs`` so the run ends within its time limit (measured epoch time,
-        validation included); the schedule is stretched or shrunk to the new length so that
-        it still anneals to its end. False when not even one more epoch fits."""
+        """Re-plan the number of epochs so the run ends within its time limit (from the
+        measured ``epoch_seconds``, validation included), at most twice the first plan; the
+        schedule is re-laid over the new length (:meth:`LRSchedule.replan`). False when not
+        even one more epoch fits."""
         cfg = self.cfg
         left = cfg.time_limit_minutes * 60 - self.train_time
         fit = self.epoch + int(left // max(epoch_seconds, 1e-9))
-        fit = D.broadcast_object(min(fit, 2 * self._planned_epochs))
+        fit = D.broadcast_object(min(fit, 2 * cfg.epochs))
         if fit <= self.epoch:
-            return False
-        if fit != cfg.epochs:
             if self.is_main:
-                print(f"re-planned to {fit} epochs ({epoch_seconds:.0f} s per epoch, time limit)", flush=True)
-            cfg.epochs = fit
-            self.schedule.total_steps = fit * self.steps_per_epoch
+                logger.info(
+                    f"stopping after epoch {self.epoch} of {self.epochs}: the next would not end within the "
+                    f"time limit ({epoch_seconds:.0f} s per epoch here, {max(left, 0):.0f} s left)",
+                )
+            return False
+        if fit != self.epochs:
+            if self.is_main:
+                logger.info(
+                    f"new plan: {fit} epochs instead of {self.epochs}, to end within the time limit "
+                    f"({epoch_seconds:.0f} s per epoch here, {left / 60:.1f} min left)",
+                )
+            self.epochs = fit
+            self.schedule.replan(fit * self.steps_per_epoch, at_step=self.step)
+            if self.is_main and self.paths.config.exists():  # it records the plan
+                try:
+                    self._write_config()
+                except OSError as exc:
+                    logger.warning(f"warning: could not update config.json with the new plan ({exc})")
         return True
 
-    def _progress(self, batches: Iterator[tuple[Tensor, Tensor]]) -> Any:
-        if not (self.is_main and self.cfg.progress):
-            return batches
+    # ------------------------------------------------------------------ the loop's helpers
+
+    def _progress(self) -> Any:
+        """A progress bar of the epoch's batches on rank 0 (``update`` per step), shown only
+        where stderr is a terminal; elsewhere the epoch lines are the progress."""
         from tqdm import tqdm
 
         return tqdm(
-            batches,
             total=self.steps_per_epoch,
             initial=self.batch_in_epoch,
-            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+            desc=f"epoch {self.epoch + 1}/{self.epochs}",
             unit="batch",
             dynamic_ncols=True,
-            disable=None,  # off when stderr is not a terminal (logs, CI)
+            disable=None if (self.is_main and self.cfg.progress) else True,  # None: off unless a terminal
             leave=False,
             file=sys.stderr,
         )
 
-    def _check_finite(self, epoch_loss: Tensor, log: RunLog) -> None:
-        value = epoch_loss.item()
+    def _log_steps(self, log: RunLog, lr: float, bar: Any) -> None:
+        """The log window's figures (one host sync): metrics.jsonl, TensorBoard, the bar."""
+        window = self.meter.read_window()
+        if not math.isfinite(window["loss"]):
+            self._diverged(window["loss"], log)
+        ips = window["images_per_s"]
+        log.write({
+            "kind": "step",
+            "epoch": self.epoch + 1,  # the epoch in progress, counted from 1
+            "step": self.step,
+            "loss": window["loss"],
+            "lr": lr,
+            "images_per_s": ips,  # of the steps since the last record, over all processes
+            "train_top1": window["train_top1"],
+            "train_top5": window["train_top5"],
+            "time": self._elapsed(),
+        })
+        left = (self.epochs * self.steps_per_epoch - self.step) * self.cfg.batch_size * self.dist.world_size
+        bar.set_postfix(loss=f"{window['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:,.0f}",
+                        run_eta=_hms(left / max(ips, 1e-9)), refresh=False)
+
+    def _save_mid_epoch(self, log: RunLog) -> None:
+        """A checkpoint between two steps, with the epoch's running sums so far."""
+        self._check_finite(log)
+        self.train_time = self._elapsed()
+        self.save()
+
+    def _check_finite(self, log: RunLog) -> None:
+        value = self.meter.epoch_sums()[0]
         if not math.isfinite(value):
             self._diverged(value, log)
 
@@ -835,50 +695,83 @@ class Trainer:
         log.write({"kind": "error", "epoch": self.epoch + 1, "step": self.step, "error": msg, "time": self.train_time})
         raise TrainingError(msg)
 
-    def _end_epoch(
-        self, log: RunLog, loss: Tensor, c1: Tensor, c5: Tensor, seen: int, epoch_done: bool
-    ) -> None:
-        stats = torch.stack([loss, c1, c5, torch.tensor(float(seen), device=self.device)]).double()
-        D.all_reduce_sum(stats)
-        tl, t1, t5, n = stats.tolist()
-        n = max(n, 1.0)
+    def _end_epoch(self, log: RunLog) -> None:
+        """Validate, log the epoch's figures and checkpoint. A limit that stopped the run
+        midway ends the epoch too: its figures so far, marked partial, and its running sums
+        go into the checkpoint so that a resumed run's figures for it are whole."""
+        self._check_finite(log)
+        train = self.meter.epoch_figures()
+        done = self.batch_in_epoch >= self.steps_per_epoch
+        if done:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.meter.new_epoch()
         val = self.validate()
-        self.last_val = val
-        self.last_train_loss = tl / n
+        self.last_val, self.last_train_loss = val, train["loss"]
         best = False
         if val:
-            if epoch_done:
+            if done:
                 self.schedule.epoch_end(1.0 - val["val_top1"])
             if self.best_top1 is None or val["val_top1"] > self.best_top1:
                 self.best_top1, best = val["val_top1"], True
         record = {
             "kind": "epoch",
-            "epoch": self.epoch if epoch_done else self.epoch + 1,  # the epoch just ended, from 1
-            "partial": not epoch_done,  # stopped mid-epoch (time limit, max_steps)
+            "epoch": self.epoch if done else self.epoch + 1,  # the epoch just ended, from 1
+            "partial": not done,  # stopped mid-epoch (time limit, max_steps)
             "step": self.step,
-            "loss": tl / n,
+            "loss": train["loss"],
             "lr": self.schedule.lr(max(self.step - 1, 0)),
-            "train_top1": t1 / n,
-            "train_top5": t5 / n,
+            "train_top1": train["train_top1"],
+            "train_top5": train["train_top5"],
             **val,
             "time": self.train_time,
         }
         log.write(record)
         if self.is_main:
-            shown = f"{record['epoch']}/{self.cfg.epochs}" + ("" if epoch_done else " (partial)")
-            msg = f"epoch {shown}  step {self.step}  loss {tl / n:.4f}  train top-1 {t1 / n:.1%}"
+            shown = f"{record['epoch']}/{self.epochs}"
+            if not done:
+                shown += f" (stopped after {self.batch_in_epoch} of its {self.steps_per_epoch} steps)"
+            msg = f"epoch {shown}  step {self.step}  loss {train['loss']:.4f}  train top-1 {train['train_top1']:.1%}"
             if val:
                 msg += f"  val top-1 {val['val_top1']:.1%}  top-5 {val['val_top5']:.1%}"
-            print(msg, flush=True)
+            logger.info(msg)
         self.save(best=best)
+
+    def _write_config(self) -> None:
+        """``RUN/config.json``: the configuration as it runs (the plan of a re-planned run
+        included) and what the run found (devices, data sizes)."""
+        resolved = self.cfg.to_dict()
+        resolved.update(
+            data=self.data_path,
+            crop=self.crop,
+            norm_mode=self.norm_mode,
+            model_options=self.meta.options,
+            epochs=self.epochs,
+        )
+        info = {
+            "world_size": self.dist.world_size,
+            "global_batch": self.cfg.batch_size * self.dist.world_size,
+            "device": str(self.device),
+            "amp": "bf16" if self.amp_dtype is not None else "none",
+            "channels_last": self.channels_last,
+            "steps_per_epoch": self.steps_per_epoch,
+            "train_images": len(self.train_set),
+            "val_images": len(self.val_set) if self.val_set is not None else 0,
+            "val_held_out_from_train": self.held_out,
+            "image_size": self.image_size,
+            "torch": torch.__version__,
+        }
+        if self.epochs != self.cfg.epochs:
+            info["epochs_first_planned"] = self.cfg.epochs  # re-planned to fit the time limit
+        text = json.dumps({**resolved, "run": info}, indent=2) + "\n"
+        atomic_write_bytes(self.paths.config, text.encode())
 
     def _finish(self, status: str) -> TrainResult:
         if self.is_main:
             try:
-                save_safetensors(self.run_dir / "model.safetensors", self.model_state(), self.meta)
+                save_safetensors(self.paths.weights, self.model_state(), self.meta)
             except OSError as exc:
                 raise TrainingError(
-                    f"training finished but {self.run_dir / 'model.safetensors'} could not be written ({exc}); "
+                    f"training finished but {self.paths.weights} could not be written ({exc}); "
                     f"the weights are safe in {self.last_path}"
                 ) from exc
         val = self.last_val
@@ -893,7 +786,7 @@ class Trainer:
             best_val_top1=self.best_top1,
             train_loss=self.last_train_loss,
             elapsed_s=self.train_time,
-            images_per_s=self.step * self.cfg.batch_size * self.dist.world_size / max(self.train_time, 1e-9),
+            images_per_s=self.meter.images_per_s(),
             world_size=self.dist.world_size,
             checkpoint=str(self.last_path),
             best_checkpoint=str(self.best_path) if self.best_path.exists() else None,
@@ -901,14 +794,14 @@ class Trainer:
             num_classes=len(self.classes),
             data=self.data_path,
             bad_files=self.bad_files(),
+            planned_epochs=self.epochs,
+            steps_per_epoch=self.steps_per_epoch,
         )
         if self.is_main:
-            from alexnet.checkpoint import atomic_write_bytes
-
             try:
-                atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+                atomic_write_bytes(self.paths.summary, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
             except OSError as exc:
-                print(f"warning: could not write summary.json ({exc})", file=sys.stderr)
+                logger.warning(f"warning: could not write summary.json ({exc})")
         D.barrier()
         return result
 
@@ -941,16 +834,38 @@ def train(
         D.cleanup()
 
 
+_STATUS_WORDS = {
+    "completed": "completed",
+    "interrupted": "stopped by a signal",
+    "time_limit": "stopped at the time limit",
+    "max_steps": "stopped at max_steps",
+}
+
+
+def describe_progress(result: TrainResult) -> str:
+    """How far a run got, in words: "completed after 8 of 8 epochs", "stopped at max_steps
+    in epoch 1 of 8, 30 of its 156 steps done"."""
+    r = result
+    planned = f" of {r.planned_epochs}" if r.planned_epochs else ""
+    into_epoch = r.step - r.epochs * r.steps_per_epoch if r.steps_per_epoch else 0
+    if into_epoch > 0:  # stopped inside an epoch
+        where = f"in epoch {r.epochs + 1}{planned}, {into_epoch} of its {r.steps_per_epoch} steps done"
+    else:
+        where = f"after {r.epochs}{planned} epochs"
+    return f"{_STATUS_WORDS.get(r.status, r.status)} {where}"
+
+
 def format_summary(result: TrainResult) -> str:
     """The final lines printed by ``alexnet train``."""
-    lines = [f"run: {result.run_dir} ({result.status}, {result.epochs} epochs, {result.step} steps, "
-             f"{result.elapsed_s / 60:.1f} min, {result.images_per_s:,.0f} images/s)"]
-    if result.val_top1 is not None:
-        lines.append(f"val top-1: {result.val_top1:.1%}  top-5: {result.val_top5:.1%}")
-    if result.best_val_top1 is not None:
-        lines.append(f"best val top-1: {result.best_val_top1:.1%}  ({result.best_checkpoint})")
-    if result.bad_files:
-        shown = ", ".join(f"{Path(b['path']).name} ({b['reason']})" for b in result.bad_files[:5])
-        more = f" and {len(result.bad_files) - 5} more" if len(result.bad_files) > 5 else ""
-        lines.append(f"skipped {len(result.bad_files)} unreadable files: {shown}{more} (all in summary.json)")
+    r = result
+    lines = [f"run: {r.run_dir}: {describe_progress(r)}; {r.step} steps, {r.elapsed_s / 60:.1f} min, "
+             f"{r.images_per_s:,.0f} images/s of training steps"]
+    if r.val_top1 is not None:
+        lines.append(f"val top-1: {r.val_top1:.1%}  top-5: {r.val_top5:.1%}")
+    if r.best_val_top1 is not None:
+        lines.append(f"best val top-1: {r.best_val_top1:.1%}  ({r.best_checkpoint})")
+    if r.bad_files:
+        shown = ", ".join(f"{Path(b['path']).name} ({b['reason']})" for b in r.bad_files[:5])
+        more = f" and {len(r.bad_files) - 5} more" if len(r.bad_files) > 5 else ""
+        lines.append(f"skipped {len(r.bad_files)} unreadable files: {shown}{more} (all in summary.json)")
     return "\n".join(lines)

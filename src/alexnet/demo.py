@@ -5,22 +5,29 @@ Generates the embedded dataset if it is missing, trains the small AlexNet on it 
 picks the number of epochs, and a hard time limit stops cleanly if the machine is slower
 than probed), evaluates, writes the run directory and its report, and prints the accuracy
 and the command that opens the explorer on the checkpoint.
+
+It sits above training and analysis (it runs both); the command line prints its result.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from alexnet.data import open_dataset, resolve_data
 from alexnet.models import model_info
+from alexnet.runs import RunPaths
 from alexnet.training.config import TrainConfig, from_dict, preset
 from alexnet.training.trainer import TrainResult, train
+
+logger = logging.getLogger(__name__)
 
 # Of the budget, the share kept for the set-up and what follows training (report).
 _AFTER_TRAINING = 0.08
@@ -76,69 +83,69 @@ def plan_epochs(epoch_seconds: float, train_seconds: float) -> int:
     return max(1, min(_MAX_EPOCHS, math.floor(train_seconds / max(epoch_seconds, 1e-9))))
 
 
+@dataclass
+class DemoResult:
+    """What a demo did: the training result, the data and where everything is."""
+
+    train: TrainResult
+    data: Path
+    first_planned_epochs: int
+    data_seconds: float
+    total_seconds: float
+    report: Path | None
+
+    @property
+    def checkpoint(self) -> Path:
+        return Path(self.train.best_checkpoint or self.train.checkpoint)
+
+
 def run_demo(
     out: str | Path = "runs/demo",
     minutes: float = 8.0,
     data: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     report: bool = True,
-) -> TrainResult:
-    """Run the demo; returns the training result. ``minutes`` bounds the training time."""
+) -> DemoResult:
+    """Run the demo; ``minutes`` bounds the training time. The plan and the training's
+    progress are logged (logger ``alexnet``); the result says what was done."""
     t_start = time.perf_counter()
-    from alexnet.data import open_dataset
-
-    if data is None:
-        from alexnet.data.synth import ensure_embedded_dataset
-
-        data = ensure_embedded_dataset(progress=True)
-    data = Path(data).resolve()
+    data = Path(resolve_data(data, progress=True)).resolve()
     t_data = time.perf_counter() - t_start
 
-    cfg = preset("demo")
-    cfg = from_dict({"data": str(data), "out": str(out), **(overrides or {})}, cfg)
+    overrides = dict(overrides or {})
+    base = from_dict({"data": str(data), "out": str(out), **overrides}, preset("demo"))
     train_set = open_dataset(data, "train", validate="none")
-    cfg.crop = cfg.crop or model_info(cfg.model).input_size_for(train_set.image_size)
     budget = max(0.05, minutes) * 60 * (1 - _AFTER_TRAINING)
-    if "epochs" not in (overrides or {}):
-        val_images = len(open_dataset(data, cfg.val_split, validate="none")) if (data / cfg.val_split).is_dir() else 0
-        epoch_s = probe_epoch_seconds(cfg, train_set, val_images, seconds=min(3.0, max(1.0, budget / 20)))
-        cfg.epochs = plan_epochs(epoch_s, budget)
-        print(
-            f"demo: {len(train_set)} training images, {len(train_set.classes)} classes; about {epoch_s:.0f} s "
-            f"per epoch here -> {cfg.epochs} epochs in {budget / 60:.1f} min",
-            flush=True,
+    # Everything the demo decides goes into the configuration once, before it is validated.
+    plan: dict[str, Any] = {
+        "crop": base.crop or model_info(base.model).input_size_for(train_set.image_size),
+        "time_limit_minutes": budget / 60,  # a hard stop, whatever the plan says
+    }
+    about = f"demo: {len(train_set)} training images in {len(train_set.classes)} classes"
+    if "epochs" in overrides:
+        logger.info("%s; %d epochs as asked, stopping at %.1f min if they take longer", about, base.epochs, budget / 60)
+    else:
+        val_images = len(open_dataset(data, base.val_split, validate="none")) if (data / base.val_split).is_dir() else 0
+        epoch_s = probe_epoch_seconds(from_dict(plan, base), train_set, val_images,
+                                      seconds=min(3.0, max(1.0, budget / 20)))
+        plan.update(epochs=plan_epochs(epoch_s, budget), fit_time_limit=True)
+        logger.info(
+            "%s. An epoch takes about %.0f s here (measured), so the plan is %d epochs in %.1f min; it is checked "
+            "against the measured time after every epoch", about, epoch_s, plan["epochs"], budget / 60,
         )
-    cfg.time_limit_minutes = budget / 60
-    cfg.fit_time_limit = "epochs" not in (overrides or {})  # the probe's plan, corrected as it goes
-    result = train(cfg.validate(), resume=False)
-
-    run_dir = Path(result.run_dir)
-    if report:
-        _write_report(run_dir)
-    total = time.perf_counter() - t_start
-    ckpt = Path(result.best_checkpoint or result.checkpoint)
-    print()
-    if result.val_top1 is not None:
-        print(f"val top-1: {result.val_top1:.1%}  top-5: {result.val_top5:.1%}")
-    chance = 1 / max(result.num_classes, 1)
-    print(
-        f"({result.num_classes} classes, chance {chance:.1%}; {result.epochs} epochs, {result.step} steps; "
-        f"data {t_data:.0f} s, training {result.elapsed_s / 60:.1f} min, total {total / 60:.1f} min)"
-    )
-    print(f"run directory: {run_dir}")
-    if (run_dir / "report" / "report.html").exists():
-        print(f"report: {run_dir / 'report' / 'report.html'}")
-    print(f"explore it:  alexnet explore --checkpoint {ckpt} --data {data}")
-    return result
+    cfg = from_dict(plan, base).validate()
+    result = train(cfg, resume=False)
+    run = RunPaths(result.run_dir)
+    written = _write_report(run.root) if report else None
+    return DemoResult(result, data, cfg.epochs, t_data, time.perf_counter() - t_start, written)
 
 
-def _write_report(run_dir: Path) -> None:
-    """The evaluation report, when the analysis package provides one."""
+def _write_report(run_dir: Path) -> Path | None:
+    """The evaluation report of the run, or None (with a warning) if it could not be written."""
+    from alexnet.analysis.report import write_report
+
     try:
-        from alexnet.analysis.report import write_report
-    except ImportError:
-        return
-    try:
-        write_report(run_dir)
+        return Path(write_report(run_dir))
     except Exception as exc:  # the report must never cost the user the trained model
-        print(f"warning: the report could not be written: {exc}", file=sys.stderr)
+        logger.warning("warning: the report could not be written: %s", exc)
+        return None
