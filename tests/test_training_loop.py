@@ -3,6 +3,7 @@ a line per epoch where the output is not a terminal; top-k hits counted in one p
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -54,11 +55,12 @@ def test_images_per_s_excludes_set_up_validation_and_checkpoints(tmp_path, monke
     assert step_seconds < result.elapsed_s - 3.0, (step_seconds, result.elapsed_s)
 
 
-def test_a_stop_inside_an_epoch_is_told_in_words(tmp_path, capsys):
+def test_a_stop_inside_an_epoch_is_told_in_words(tmp_path, caplog):
     """``train --max-steps 30`` printed "0 epochs" beside "epoch 1/8 (partial)"."""
+    caplog.set_level(logging.INFO, logger="alexnet")
     result = train(tiny_config(tmp_path / "run", max_steps=3), train_set=Blobs(), val_set=Blobs(32, seed=1))
     assert (result.status, result.epochs, result.planned_epochs, result.steps_per_epoch) == ("max_steps", 0, 2, 6)
-    printed = capsys.readouterr().out
+    printed = caplog.text  # the library logs its progress; the command line shows it on stdout
     assert "epoch 1/2 (stopped after 3 of its 6 steps)" in printed
     first = format_summary(result).splitlines()[0]
     assert "stopped at max_steps in epoch 1 of 2, 3 of its 6 steps done; 3 steps" in first
@@ -68,11 +70,13 @@ def test_a_stop_inside_an_epoch_is_told_in_words(tmp_path, capsys):
     assert "completed after 2 of 2 epochs; 12 steps" in format_summary(done)
 
 
-def test_output_that_is_not_a_terminal_gets_a_line_per_epoch(tmp_path, capsys):
+def test_output_that_is_not_a_terminal_gets_a_line_per_epoch(tmp_path, capsys, caplog):
     """Progress bars only where stderr is a terminal; a log file still shows every epoch."""
+    caplog.set_level(logging.INFO, logger="alexnet")
     train(tiny_config(tmp_path / "run", epochs=3, progress=True), train_set=Blobs(), val_set=Blobs(32, seed=1))
     captured = capsys.readouterr()
-    lines = re.findall(r"^epoch (\d)/3  step (\d+)  loss [0-9.]+  train top-1 .* val top-1 .*$", captured.out, re.M)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    lines = re.findall(r"^epoch (\d)/3  step (\d+)  loss [0-9.]+  train top-1 .* val top-1 .*$", text, re.M)
     assert lines == [("1", "6"), ("2", "12"), ("3", "18")]
     assert "batch/s" not in captured.err and "\r" not in captured.err
 

@@ -5,6 +5,7 @@ re-planned run resumes exactly; config.json and summary.json say what ran."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -77,10 +78,11 @@ def replanned_config(out, **kw):
                        model_options={"width": 0.125, "fc_dim": 128, "dropout": 0.5}, **kw)
 
 
-def test_a_replanned_run_follows_one_schedule_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+def test_a_replanned_run_follows_one_schedule_and_resumes_exactly(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(Trainer, "_elapsed", lambda self: fake_clock(self.step))
+    caplog.set_level(logging.INFO, logger="alexnet")
     a = train(replanned_config(tmp_path / "a"), train_set=Blobs(), val_set=Blobs(32, seed=1))
-    out = capsys.readouterr().out
+    out = caplog.text  # the trainer's messages go through logging
     assert "new plan: 6 epochs instead of 3" in out and "new plan: 4 epochs instead of 5" in out
     assert a.status == "completed" and a.epochs == a.planned_epochs == 4 and a.step == 24
 

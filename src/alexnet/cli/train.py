@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg.data is not None and not Path(cfg.data).exists():
         raise ConfigError(f"config key 'data': dataset not found: {cfg.data}")
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, allow_changes=args.allow_changes)
     if result.run_dir and (Path(result.run_dir) / "summary.json").exists() and env_info().is_main:
         print(format_summary(result))
     return 0
@@ -113,7 +113,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float_range(0, 1), default=None)
     p.add_argument("--crop", type=POSITIVE, default=None, help="network input side (default: the model's)")
     p.add_argument("--out", type=new_dir, default=None, help="run directory (default runs/train)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                   "(refused if a setting that changes the result differs from the run's)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: go on although settings differ (recorded in the run's config.json)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument(
         "--amp", default=None, choices=("auto", "bf16", "none"), help="autocast (auto: bf16 where the hardware has it natively)"

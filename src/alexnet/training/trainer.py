@@ -152,6 +152,7 @@ class Trainer:
         train_set: Any = None,
         val_set: Any = None,
         resume: bool = False,
+        allow_changes: bool = False,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -165,6 +166,8 @@ class Trainer:
             raise ConfigError("config key 'split_devices': the two-device model split cannot be combined with DDP")
         # A restarted torchrun worker continues from the last checkpoint on its own.
         self.resume = resume or self.dist.restart_count > 0
+        self.allow_changes = allow_changes
+        self.resumed_changes: dict[str, list[Any]] = {}
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
         self.is_main = self.dist.is_main
         self.run_dir = Path(cfg.out)
@@ -476,21 +479,23 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         D.barrier()
-        if self.resume:
+        if self.resume and self.last_path.exists():
+            self._check_resume_config()
             resumed = self.load()
             if self.is_main:
-                if resumed:
-                    logger.info(
-                        f"resumed from {self.last_path}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, "
-                        f"step {self.step}" + (f" (restart {self.dist.restart_count})" if self.dist.restart_count else ""),
-                    )
-                else:
-                    logger.warning(f"note: nothing to resume in {self.ckpt_dir}; starting fresh")
+                logger.info(
+                    f"resumed from {self.last_path}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, "
+                    f"step {self.step}" + (f" (restart {self.dist.restart_count})" if self.dist.restart_count else ""),
+                )
         elif self.last_path.exists():
             raise TrainingError(
                 f"{self.run_dir} already holds a run ({self.last_path}); pass --resume to continue it "
                 "or choose another --out"
             )
+        else:
+            self._refuse_to_overwrite_records()
+            if self.resume and self.is_main:
+                logger.warning(f"note: nothing to resume in {self.ckpt_dir}; starting fresh")
         if self.is_main:
             try:
                 self._write_config()
@@ -736,17 +741,63 @@ class Trainer:
             logger.info(msg)
         self.save(best=best)
 
+    # Keys that change how a run is watched or stopped, not what it computes: a resume may
+    # change them. Any other difference from the run's config.json is refused on resume.
+    RESUME_FREE_KEYS = frozenset({
+        "out", "progress", "tensorboard", "log_every", "checkpoint_every", "checkpoint_minutes",
+        "num_workers", "max_steps", "time_limit_minutes",
+    })
+
+    def _resolved_config(self) -> dict[str, Any]:
+        """The configuration as config.json records it (resolved data path, crop, options)."""
+        resolved = self.cfg.to_dict()
+        resolved.update(data=self.data_path, crop=self.crop, norm_mode=self.norm_mode,
+                        model_options=self.meta.options, epochs=self.epochs)
+        return resolved
+
+    def _check_resume_config(self) -> None:
+        """Refuse to resume with a configuration that would compute something else than the
+        run being resumed (another dataset, learning rate, seed, ...), naming the keys; with
+        ``allow_changes`` go on and record the differences in config.json."""
+        recorded = self.paths.read_config()
+        if recorded is None:
+            return  # a run from before config.json recorded everything: nothing to compare
+        before = dict(recorded)
+        first_planned = (before.get("run") or {}).get("epochs_first_planned")
+        if first_planned is not None:  # a time-boxed run re-planned its epochs: compare what was asked
+            before["epochs"] = first_planned
+        now = json.loads(json.dumps(self._resolved_config()))  # the JSON view, as recorded
+        changed = {k: [before.get(k), v] for k, v in now.items()
+                   if k not in self.RESUME_FREE_KEYS and k in before and before[k] != v}
+        if not changed:
+            return
+        shown = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in sorted(changed.items()))
+        if not self.allow_changes:
+            raise TrainingError(
+                f"cannot resume {self.run_dir}: the configuration differs from the run's in what it computes: "
+                f"{shown}. Resume with the run's own settings, or pass --allow-changes to go on anyway "
+                "(the changes are recorded in config.json)"
+            )
+        self.resumed_changes = changed
+        if self.is_main:
+            logger.warning(f"warning: resuming with changed settings: {shown} (recorded in config.json)")
+
+    def _refuse_to_overwrite_records(self) -> None:
+        """A fresh start never deletes a previous run's records (metrics, best checkpoint,
+        final weights, summary): with no ``last.pt`` to continue from, the run must go elsewhere."""
+        kept = [p for p in (self.paths.metrics, self.paths.best, self.paths.weights, self.paths.summary)
+                if p.exists() and p.stat().st_size > 0]
+        if kept:
+            raise TrainingError(
+                f"{self.run_dir} holds a previous run's records ({', '.join(p.name for p in kept)}) but no "
+                f"{self.last_path.relative_to(self.run_dir)} to continue from; nothing was deleted. "
+                "Choose another --out, or move those files away"
+            )
+
     def _write_config(self) -> None:
         """``RUN/config.json``: the configuration as it runs (the plan of a re-planned run
         included) and what the run found (devices, data sizes)."""
-        resolved = self.cfg.to_dict()
-        resolved.update(
-            data=self.data_path,
-            crop=self.crop,
-            norm_mode=self.norm_mode,
-            model_options=self.meta.options,
-            epochs=self.epochs,
-        )
+        resolved = self._resolved_config()
         info = {
             "world_size": self.dist.world_size,
             "global_batch": self.cfg.batch_size * self.dist.world_size,
@@ -762,6 +813,8 @@ class Trainer:
         }
         if self.epochs != self.cfg.epochs:
             info["epochs_first_planned"] = self.cfg.epochs  # re-planned to fit the time limit
+        if self.resumed_changes:  # resumed with --allow-changes: what differs from the run's start
+            info["resumed_with_changes"] = self.resumed_changes
         text = json.dumps({**resolved, "run": info}, indent=2) + "\n"
         atomic_write_bytes(self.paths.config, text.encode())
 
@@ -820,16 +873,19 @@ def train(
     train_set: Any = None,
     val_set: Any = None,
     resume: bool = False,
+    allow_changes: bool = False,
 ) -> TrainResult:
     """Train as ``config`` says; returns the final figures (also in ``RUN/summary.json``).
 
     ``train_set``/``val_set`` may be given directly (datasets of ``(uint8 [3,S,S], label)``
     with ``.classes``, ``.class_names``, ``.image_size`` and ``.stats``); otherwise they are
     opened from ``config.data`` (default: the embedded dataset). ``resume`` continues from
-    ``RUN/checkpoints/last.pt``. Raises :class:`TrainingError` when the run cannot go on.
+    ``RUN/checkpoints/last.pt``, refusing a configuration that differs in what it computes
+    unless ``allow_changes`` (recorded in ``config.json``). Raises :class:`TrainingError`
+    when the run cannot go on.
     """
     try:
-        return Trainer(config, train_set=train_set, val_set=val_set, resume=resume).fit()
+        return Trainer(config, train_set=train_set, val_set=val_set, resume=resume, allow_changes=allow_changes).fit()
     finally:
         D.cleanup()
 
