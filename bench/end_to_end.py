@@ -267,7 +267,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             f"device idle {r['device_idle_fraction']:.1%}"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        report = {"hardware": describe_hardware(device), "data": str(args.data), "images": len(ds),
+                  "batch_size": args.batch_size, "workers": args.workers, "steps": args.steps,
+                  "compile": not args.no_compile, "bf16": bf16, "results": results}
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return results
 
 
