@@ -340,6 +340,8 @@ def run_step(step: Step, ctx: Context, timeout: float, log) -> StepResult:
     banner = f"\n===== {step.name}: {command} (limit {timeout:.0f} s)\n"
     sys.stdout.write(banner)
     log.write(banner)
+    if step.json_path:  # a file left by an earlier attempt must never pass for this one's results
+        Path(step.json_path).unlink(missing_ok=True)
     t0 = time.perf_counter()
     if ctx.in_process and step.argv[1].endswith(".py"):
         rc = _call_in_process(step, log)
@@ -459,9 +461,11 @@ def unpack_cifar(ctx: Context) -> None:
         zf.extractall(dest)
 
 
-def run_part(part: str, ctx: Context, time_limit: float, steps: Sequence[Step] | None = None) -> list[StepResult]:
+def run_part(part: str, ctx: Context, time_limit: float, steps: Sequence[Step] | None = None,
+             after_step: Callable[[list[StepResult]], None] | None = None) -> list[StepResult]:
     """Run the steps of ``part`` in order within ``time_limit`` seconds; a step the part has no
-    time left for (under 20 s) is recorded as not run. The environment step failing stops the rest."""
+    time left for (under 20 s) is recorded as not run. The environment step failing stops the
+    rest. ``after_step`` sees the results so far after each step (to save them as they come)."""
     t_end = time.perf_counter() + time_limit
     steps = list(plan(part, ctx) if steps is None else steps)
     results: list[StepResult] = []
@@ -486,6 +490,8 @@ def run_part(part: str, ctx: Context, time_limit: float, steps: Sequence[Step] |
             results.append(r)
             if step.kind == "environment" and r.status != "ok":
                 stop_reason = "the environment check failed"
+            if after_step is not None:
+                after_step(results)
     return results
 
 
@@ -500,14 +506,19 @@ def cmd_part(args: argparse.Namespace) -> int:
     setup_env(ctx)
     bad = 0
     for part in parts:
-        started = dt.datetime.now(dt.UTC)
-        results = run_part(part, ctx, args.time_limit)
-        report = {"part": part, "started_utc": started.isoformat(timespec="seconds"), "dry_run": ctx.dry,
-                  "steps": [asdict(r) for r in results]}
-        (out / f"{part}.json").write_text(json.dumps(report, indent=2))
-        md = render([report])
-        (out / f"{part}.md").write_text(md)
-        print("\n" + md)
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+        def save(results: list[StepResult], part: str = part, started: str = started) -> str:
+            """Write the part's JSON and tables; after every step, so that a command cut off
+            by the machine's limit still returns what it measured."""
+            report = {"part": part, "started_utc": started, "dry_run": ctx.dry, "steps": [asdict(r) for r in results]}
+            (out / f"{part}.json").write_text(json.dumps(report, indent=2))
+            md = render([report])
+            (out / f"{part}.md").write_text(md)
+            return md
+
+        results = run_part(part, ctx, args.time_limit, after_step=save)
+        print("\n" + save(results))
         failed = [r for r in results if r.status != "ok"]
         for r in failed:
             print(f"FAILED STEP {part}/{r.name}: {r.status}", file=sys.stderr)

@@ -442,9 +442,11 @@ def test_gpu_suite_failures_are_loud(tmp_path: Path) -> None:
     gpu_suite.setup_env(ctx)
     py = sys.executable
     S = gpu_suite.Step
+    stale = tmp_path / "stale.json"
+    stale.write_text('{"results": []}')  # an earlier attempt's file: not this step's results
     steps = [S("ok", [py, "-c", "print('fine')"], 30, "throughput"),
              S("fails", [py, "-c", "raise SystemExit(3)"], 30, "throughput"),
-             S("silent", [py, "-c", "pass"], 30, "throughput", json_path=str(tmp_path / "never.json")),
+             S("silent", [py, "-c", "pass"], 30, "throughput", json_path=str(stale)),
              S("hangs", [py, "-c", "import time; time.sleep(60)"], 1, "throughput"),
              S("late", [py, "-c", "pass"], 30, "throughput")]
     got = {r.name: r.status for r in gpu_suite.run_part("part1", ctx, time_limit=21, steps=steps)}
