@@ -256,7 +256,7 @@ def plan(part: str, ctx: Context) -> list[Step]:
                str(ctx.work / "environment.json"))
     prof_json = str(ctx.work / "profile.json")
     prof_args = ["--device=cpu", "--model=alexnet_small", "--image-size=32", "--batch-size=2", "--steps=1",
-                 '--model-options={"norm": "lrn", "width": 0.125}'] if ctx.dry else ["--device=cuda", "--batch-size=256"]
+                 '--model-options={"norm": "lrn", "width": 0.125}', "--compile-backend=aot_eager"] if ctx.dry else ["--device=cuda", "--batch-size=256"]
     prof = Step("profile", [ctx.python, str(Path(__file__).resolve()), "profile", *prof_args, f"--json={prof_json}",
                             f"--table={ctx.out / 'profile.txt'}"], 120, "profile", prof_json)
     if part == "part1":
@@ -688,31 +688,57 @@ def cmd_profile(args: argparse.Namespace) -> int:
     parts[f"host-to-device copy, uint8 {args.prepared_size} px batch (pinned)"] = time_steps(
         lambda: host.to(device, non_blocking=True), steps, warmup, device)
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            step()
-        if cuda:
-            torch.cuda.synchronize(device)
-    averages = prof.key_averages()
-    if cuda:  # the kernels are rows of their own; their self device time adds up to the step's
+    def kernels(fn: Callable[[], None]) -> tuple[list[dict[str, Any]], str]:
+        """torch.profiler over ``steps`` calls: the top kernels (device time on CUDA, CPU
+        time elsewhere) as rows, and the profiler's own table."""
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+        averages = prof.key_averages()
+        if cuda:  # the kernels are rows of their own; their self device time adds up to the step's
 
-        def self_us(e: Any) -> float:
-            return float(getattr(e, "self_device_time_total", 0.0))
+            def self_us(e: Any) -> float:
+                return float(getattr(e, "self_device_time_total", 0.0))
 
-        events = [e for e in averages if str(getattr(e, "device_type", "")).endswith("CUDA")]
-        events = events or [e for e in averages if self_us(e) > 0]
-    else:
+            events = [e for e in averages if str(getattr(e, "device_type", "")).endswith("CUDA")]
+            events = events or [e for e in averages if self_us(e) > 0]
+        else:
 
-        def self_us(e: Any) -> float:
-            return float(e.self_cpu_time_total)
+            def self_us(e: Any) -> float:
+                return float(e.self_cpu_time_total)
 
-        events = list(averages)
-    total = sum(self_us(e) for e in events) or 1.0
-    top = [{"kernel": e.key, "ms_per_step": self_us(e) / 1e3 / steps, "share": self_us(e) / total,
-            "calls_per_step": e.count / steps} for e in sorted(events, key=self_us, reverse=True)[: args.top]]
-    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
-    table = averages.table(sort_by=sort_by, row_limit=args.top)
+            events = list(averages)
+        total = sum(self_us(e) for e in events) or 1.0
+        rows = [{"kernel": e.key, "ms_per_step": self_us(e) / 1e3 / steps, "share": self_us(e) / total,
+                 "calls_per_step": e.count / steps} for e in sorted(events, key=self_us, reverse=True)[: args.top]]
+        sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+        return rows, averages.table(sort_by=sort_by, row_limit=args.top)
+
+    top, table = kernels(step)
+    compiled: dict[str, Any] = {}
+    if args.compiled:
+        # The fast path as measured: inductor fuses the LRN with its neighbours, so its kernels
+        # (triton_*) carry the names of the fused ops rather than of the layers.
+        net = torch.compile(model, dynamic=False, backend=args.compile_backend)
+
+        def step_compiled() -> None:
+            opt.zero_grad(set_to_none=True)
+            with maybe_autocast(device, bf16):
+                loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+
+        t0 = time.perf_counter()
+        step_compiled()
+        compile_s = time.perf_counter() - t0
+        seconds = time_steps(step_compiled, steps, warmup, device)
+        rows, ctable = kernels(step_compiled)
+        compiled = {"compiled_step_ms": seconds * 1e3, "compiled_images_per_s": args.batch_size / seconds,
+                    "compile_s": compile_s, "top_kernels_compiled": rows}
+        table += "\n\ncompiled fast-path step (torch.compile, default mode):\n" + ctable
     report = {
         "hardware": describe_hardware(device),
         "model": args.model,
@@ -723,6 +749,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         "eager_images_per_s": args.batch_size / full,
         "components": [{"component": k, "ms": v * 1e3, "share_of_eager_step": v / full} for k, v in parts.items()],
         "top_kernels": top,
+        **compiled,
     }
     print(describe_hardware(device))
     print(f"eager fast-path step: {full * 1e3:.2f} ms ({args.batch_size / full:,.0f} images/s)")
@@ -826,6 +853,13 @@ def render(reports: Sequence[dict[str, Any]]) -> str:
         lines += ["", "| top kernels (torch.profiler) | ms/step | share | calls/step |", "| --- | --- | --- | --- |"]
         lines += [f"| `{k['kernel'][:90]}` | {k['ms_per_step']:.3f} | {k['share']:.1%} | {k['calls_per_step']:.0f} |"
                   for k in prof.get("top_kernels", [])]
+        if prof.get("top_kernels_compiled"):
+            lines += ["", f"Compiled fast-path step (torch.compile, default mode): {prof['compiled_step_ms']:.2f} ms, "
+                          f"{_fmt(prof['compiled_images_per_s'])} images/s (compiled in {prof['compile_s']:.0f} s).",
+                      "", "| top kernels, compiled (torch.profiler) | ms/step | share | calls/step |",
+                      "| --- | --- | --- | --- |"]
+            lines += [f"| `{k['kernel'][:90]}` | {k['ms_per_step']:.3f} | {k['share']:.1%} | "
+                      f"{k['calls_per_step']:.0f} |" for k in prof["top_kernels_compiled"]]
     tests = steps.get("gpu_tests", {}).get("data")
     if tests and "tests" in tests:
         lines += ["", f"### CUDA tests: {tests['passed']} passed, {tests['failures'] + tests['errors']} failed, "
@@ -930,6 +964,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--top", type=int, default=15)
+    s.add_argument("--no-compiled", dest="compiled", action="store_false",
+                   help="skip the compiled step's kernels (its compilation takes ~30 s on the GPU)")
+    s.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (dry runs: aot_eager, which traces but generates no code)")
     s.add_argument("--json", default=None)
     s.add_argument("--table", default=None)
     s = sub.add_parser("report", help="markdown tables from the parts' JSON files (or folders holding them)")

@@ -425,7 +425,7 @@ def test_gpu_suite_dry_run_every_part(tmp_path: Path) -> None:
                                         "cifar10_60s", "profile", "cifar10_long"}
     md = gpu_suite.render(list(reports.values()))
     for heading in ("Training throughput", "End to end", "CIFAR-10 on a time budget", "Where the time goes",
-                    "CUDA tests:", "Targets (issue 19)"):
+                    "top kernels, compiled", "CUDA tests:", "Unit atlas", "Targets (issue 19)"):
         assert heading in md, heading
     assert "DRY RUN" in md and "dry run: no verdict" in md
     assert "python bench/train_throughput.py" in md.replace(sys.executable, "python")
