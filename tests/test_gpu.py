@@ -305,7 +305,8 @@ def test_nvjpeg_batch_decode_matches_the_cpu_decoder(device: str, prepared_jpeg:
 
     ds = open_dataset(prepared_jpeg, "train")
     idx = [3, 0, 11, 7]
-    flat, lengths, labels = end_to_end.JpegBytes(ds).get_batch(idx)
+    packed, labels = end_to_end.PackedJpegBytes(ds).get_batch(idx)  # what the loader hands over
+    flat, lengths = end_to_end.PackedJpegBytes.unpack(packed, len(labels))
     x = end_to_end.gpu_decode(flat, lengths, torch.device(device))
     ref, ref_labels = ds.get_batch(idx)
     assert x.device.type == device and x.dtype == torch.uint8 and x.shape == ref.shape
@@ -314,6 +315,52 @@ def test_nvjpeg_batch_decode_matches_the_cpu_decoder(device: str, prepared_jpeg:
     assert torch.equal(labels, ref_labels)
     if device == "cuda":
         assert end_to_end.gpu_decode_unavailable(ds, torch.device(device)) is None
+
+
+def test_nvjpeg_path_batches_come_through_the_loader(staged: Path) -> None:
+    """The loader's contract is ``(x, y)`` batches: the nvJPEG path packs each batch's JPEG
+    bytes and lengths into ``x`` and they come out of ``make_loader`` (a worker process,
+    pinning) as the stored images; ``Repeat`` serves a small sample set several times per
+    epoch (index i is image i mod n). Runs on the CPU: it is the GPU path minus the decode."""
+    import simplejpeg
+
+    from alexnet.data.folder import open_dataset
+    from alexnet.data.loader import make_loader
+
+    ds = open_dataset(staged / "imagenet" / "prepared", "train")
+    n = len(ds)
+    src = end_to_end.Repeat(end_to_end.PackedJpegBytes(ds), 3)
+    assert len(src) == 3 * n and end_to_end.Repeat(ds, 2).classes == ds.classes  # attributes pass through
+    loader = make_loader(src, 4, shuffle=False, num_workers=1, drop_last=True, pin_memory=False)
+    loader.set_epoch(0)
+    seen = 0
+    for b, (packed, y) in enumerate(loader):
+        flat, lengths = end_to_end.PackedJpegBytes.unpack(packed, len(y))
+        images = torch.from_numpy(np.stack([simplejpeg.decode_jpeg(t.numpy().tobytes(), colorspace="RGB")
+                                            for t in flat.split(lengths.tolist())])).permute(0, 3, 1, 2)
+        ref_x, ref_y = ds.get_batch([i % n for i in range(4 * b, 4 * b + 4)])
+        assert torch.equal(images, ref_x) and torch.equal(y, ref_y), f"batch {b}"
+        seen += len(y)
+    assert seen == 3 * n
+    assert end_to_end.auto_repeat(1000, 256, 16) == 17 and end_to_end.auto_repeat(50_000, 256, 16) == 1
+
+
+def test_end_to_end_gpu_decode_option_runs_with_a_cpu_decoder(staged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """end_to_end.py's ``--decode gpu`` branch end to end (loader workers slicing bytes,
+    unpacking, decode, the training step), with nvJPEG swapped for a CPU decoder so that CI
+    runs everything but the decode call itself."""
+    import simplejpeg
+
+    def cpu_decode(flat: torch.Tensor, lengths: torch.Tensor, device: torch.device) -> torch.Tensor:
+        images = [simplejpeg.decode_jpeg(t.numpy().tobytes(), colorspace="RGB") for t in flat.split(lengths.tolist())]
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+    monkeypatch.setattr(end_to_end, "gpu_decode", cpu_decode)
+    monkeypatch.setattr(end_to_end, "gpu_decode_unavailable", lambda ds, device: None)
+    results = end_to_end.main([str(staged / "imagenet" / "prepared"), "--device=cpu", "--decode=gpu",
+                               "--model=alexnet_small", '--model-options={"width": 0.125}', "--crop=32",
+                               "--batch-size=4", "--steps=3", "--warmup=1", "--workers=1", "--no-compile"])
+    assert results["gpu"]["end_to_end_images_per_s"] > 0
 
 
 # --------------------------------------------------------------------------- exact resume
@@ -403,18 +450,25 @@ def test_trainer_device_fast_path(device: str, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the GPU suite itself
 
 
-def test_gpu_suite_dry_run_every_part(tmp_path: Path) -> None:
-    """Every part of bench/gpu_suite.py on the CPU at tiny sizes on staged synthetic data: the
-    same commands and arguments as on the GPU, the same JSON and tables."""
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``gpu_suite.py stage --dry-run``: synthetic data in the staged layout (a CIFAR zip, a
+    prepared JPEG set of 24 images). Run in a fresh process: it forks a preparation pool,
+    which is not safe from this one once torch's threads have started."""
     import subprocess
 
-    stage, out = tmp_path / "stage", tmp_path / "out"
-    # Staging runs prepare_dataset, which forks a pool: from a fresh process, not from this
-    # one with its torch threads (a fork after OpenMP started can deadlock the child).
+    stage = tmp_path_factory.mktemp("stage")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    staged = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_suite.py"), "stage", "--dry-run", "--dest",
-                             str(stage)], env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert staged.returncode == 0, staged.stdout + staged.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_suite.py"), "stage", "--dry-run", "--dest",
+                           str(stage)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return stage
+
+
+def test_gpu_suite_dry_run_every_part(staged: Path, tmp_path: Path) -> None:
+    """Every part of bench/gpu_suite.py on the CPU at tiny sizes on staged synthetic data: the
+    same commands and arguments as on the GPU, the same JSON and tables."""
+    stage, out = staged, tmp_path / "out"
     assert (stage / "cifar10" / "cifar10-train.zip").is_file() and (stage / "imagenet" / "prepared").is_dir()
     rc = gpu_suite.main(["all", "--dry-run", "--in-process", "--data", str(stage), "--out", str(out)])
     reports = {p: json.loads((out / f"{p}.json").read_text()) for p in gpu_suite.PARTS}
