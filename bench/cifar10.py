@@ -24,6 +24,7 @@ test set and trains on the rest: ``--train DIR --holdout 500`` (``--test`` may t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -210,6 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the cifar10 preset (repeatable), e.g. --set lr=0.1")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.test is None and args.holdout <= 0:
         p.error("give --test DIR, or --holdout K to test on the last K images per class of --train")
@@ -318,8 +320,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"test top-1: {top1_flip:.1%}")
     if tmp is not None:
         tmp.cleanup()
-    return {"top1": top1, "top1_flip": top1_flip, "train_images_per_s": result.images_per_s,
-            "inference_images_per_s": infer_ips, "elapsed_s": elapsed, "epochs": result.epochs}
+    out = {"top1": top1, "top1_flip": top1_flip, "train_images_per_s": result.images_per_s,
+           "inference_images_per_s": infer_ips, "elapsed_s": elapsed, "epochs": result.epochs}
+    if args.json is not None:
+        report = {**out, "budget_minutes": args.minutes, "status": result.status, "hardware": describe_hardware(device),
+                  "train_images": len(train_set), "test_images": len(test_set), "amp": cfg.amp,
+                  "model": cfg.model, "model_options": cfg.model_options, "batch_size": cfg.batch_size}
+        args.json.write_text(json.dumps(report, indent=2))
+    return out
 
 
 if __name__ == "__main__":

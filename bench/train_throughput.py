@@ -16,6 +16,8 @@ the training step alone (forward, backward, optimiser step), no data loading:
 Achieved TFLOP/s count a training image as 3x the forward FLOPs (backward ~ 2x forward)
 with multiply-add = 2 FLOPs; the forward count comes from ``FlopCounterMode`` on the model
 itself and is printed (1.449 GFLOP for ``alexnet`` at 224 px, so 4.35 GFLOP per image).
+Each figure is also given as a fraction of a bf16 matrix product measured in the same run
+(``--matmul-size``; ``--matmul-size 0`` skips it): the attainable ceiling on this device now.
 
     python bench/train_throughput.py                        # CUDA: batch 128, 256, 512
     python bench/train_throughput.py --device cpu --batch-sizes 16 --steps 3
@@ -39,6 +41,7 @@ from _common import (
     describe_hardware,
     forward_flops,
     make_sgd,
+    matmul_tflops,
     maybe_autocast,
     resolve_device,
     time_first,
@@ -88,6 +91,7 @@ class Result:
     step_ms: float
     first_step_s: float  # includes compilation for the fast path
     inference_images_per_s: float | None = None
+    ratio_to_matmul: float | None = None  # tflops / the bf16 matmul measured in the same run
 
 
 def build(args: argparse.Namespace, path: str, device: torch.device) -> tuple[nn.Module, int]:
@@ -119,7 +123,13 @@ def measure(args: argparse.Namespace, path: str, batch_size: int, device: torch.
     opt = make_sgd(model.parameters(), lr=1e-3, fast=fast, device=device)
     net = model
     if fast and not args.no_compile:
-        net = torch.compile(model, mode=None if args.compile_mode == "default" else args.compile_mode)
+        # A fresh compilation per configuration, specialised to this batch size: without the
+        # reset a later batch size would reuse the cache and recompile with a dynamic batch
+        # dimension (a different, slower graph), and the first-step time would not be the
+        # compilation it claims to be.
+        torch._dynamo.reset()
+        mode = None if args.compile_mode == "default" else args.compile_mode
+        net = torch.compile(model, mode=mode, dynamic=False)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -169,8 +179,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch.compile mode; reduce-overhead captures CUDA graphs",
     )
     p.add_argument("--inference", action="store_true", help="also time eval-mode forward passes")
+    p.add_argument(
+        "--matmul-size",
+        type=int,
+        default=None,
+        help="side n of the n x n x n bf16 matmul measured as the ceiling (default 8192 CUDA, 512 CPU; 0: skip)",
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    if args.matmul_size is not None and args.matmul_size < 0:
+        p.error("--matmul-size must be >= 0")
     cuda = resolve_device(args.device).type == "cuda"
     preset_batch = None
     if args.preset:
@@ -253,6 +271,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
         f"{sgd}, slice-sum LRN"
     )
     print("baseline: fp32, NCHW, eager, F.local_response_norm, per-parameter SGD loop")
+    peak = None
+    if args.matmul_size != 0:
+        peak = matmul_tflops(device, args.matmul_size)
+        n = args.matmul_size or (8192 if device.type == "cuda" else 512)
+        print(f"bf16 matmul {n}x{n}x{n}: {peak:.1f} TFLOP/s (the ceiling the figures below are compared with)")
     print(f"steps: {args.steps} timed after {args.warmup} warm-up (+1 first/compile step)")
 
     results: list[Result] = []
@@ -268,18 +291,34 @@ def main(argv: list[str] | None = None) -> list[Result]:
             finally:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+            if peak:
+                r.ratio_to_matmul = r.tflops / peak
             by_path[path] = r
             results.append(r)
             inf = f", inference {r.inference_images_per_s:,.1f} images/s" if r.inference_images_per_s else ""
+            of_peak = f" ({r.ratio_to_matmul:.1%} of matmul)" if r.ratio_to_matmul is not None else ""
             print(
-                f"  {path:<12} {r.images_per_s:>10,.1f} images/s  {r.tflops:7.3f} TFLOP/s  "
+                f"  {path:<12} {r.images_per_s:>10,.1f} images/s  {r.tflops:7.3f} TFLOP/s{of_peak}  "
                 f"{r.step_ms:8.1f} ms/step  (first step {r.first_step_s:.1f} s){inf}"
             )
         if "baseline" in by_path and "fast" in by_path:
             ratio = by_path["fast"].images_per_s / by_path["baseline"].images_per_s
             print(f"  ratio: {ratio:.2f}x (fast / baseline)")
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+        report = {
+            "hardware": describe_hardware(device),
+            "model": args.model,
+            "model_options": args.model_options,
+            "image_size": args.image_size,
+            "forward_gflop_per_image": fwd / 1e9,
+            "compile": "eager" if args.no_compile else args.compile_mode,
+            "bf16": bf16,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "matmul_tflops": peak,
+            "results": [asdict(r) for r in results],
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return results
 
 
