@@ -301,7 +301,7 @@ def test_nvjpeg_batch_decode_matches_the_cpu_decoder(device: str, prepared_jpeg:
     device, nvJPEG on CUDA) gives the images the loader's CPU decoder (libjpeg-turbo) gives,
     up to the decoders' rounding. The CPU form needs torchvision (absent on the CI machines)."""
     torchvision_io()
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
 
     ds = open_dataset(prepared_jpeg, "train")
     idx = [3, 0, 11, 7]
@@ -324,7 +324,7 @@ def test_nvjpeg_path_batches_come_through_the_loader(staged: Path) -> None:
     epoch (index i is image i mod n). Runs on the CPU: it is the GPU path minus the decode."""
     import simplejpeg
 
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
     from alexnet.data.loader import make_loader
 
     ds = open_dataset(staged / "imagenet" / "prepared", "train")
@@ -430,8 +430,8 @@ def test_stopped_then_resumed_on_the_device_is_bit_exact(device: str, tmp_path: 
 def test_trainer_device_fast_path(device: str, tmp_path: Path) -> None:
     """The engine on the device: bf16 autocast where native ('auto'), channels_last on CUDA,
     pinned memory and non-blocking copies, torch.compile on CUDA; it learns the blobs."""
+    from alexnet.devices import native_bf16
     from alexnet.training import train
-    from alexnet.training.trainer import native_bf16
 
     cuda = device == "cuda"
     # On the CPU: no compilation (minutes there; the slow bench test covers it) and one epoch
@@ -445,6 +445,21 @@ def test_trainer_device_fast_path(device: str, tmp_path: Path) -> None:
     assert result.status == "completed" and result.val_top1 is not None
     if cuda:
         assert result.val_top1 > 0.5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trainer_uses_fused_sgd_and_cuda_graphs_on_a_gpu(device: str, tmp_path: Path) -> None:
+    """The trainer's optimiser is fused on CUDA (one kernel for every parameter) and
+    ``compile_mode='reduce-overhead'`` (CUDA graphs) reaches torch.compile; on the CPU the
+    optimiser is the plain loop."""
+    from alexnet.training.trainer import Trainer
+
+    cfg = _config(tmp_path / "run", device, deterministic=False, epochs=1, compile=device == "cuda",
+                  compile_mode="reduce-overhead")
+    t = Trainer(cfg, train_set=Blobs(), val_set=None)
+    assert t.optimizer.defaults["fused"] is (True if device == "cuda" else None)
+    if device == "cuda":
+        assert t.fit().status == "completed"
 
 
 # --------------------------------------------------------------------------- the GPU suite itself

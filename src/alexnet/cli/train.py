@@ -30,6 +30,7 @@ _FLAG_KEYS = {
     "checkpoint_every": "checkpoint_every",
     "split_devices": "split_devices",
     "crop": "crop",
+    "compile_mode": "compile_mode",
 }
 
 
@@ -122,6 +123,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--amp", default=None, choices=("auto", "bf16", "none"), help="autocast (auto: bf16 where the hardware has it natively)"
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile-mode", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="with --compile: reduce-overhead captures CUDA graphs on a GPU")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--split-devices", default=None, help="the paper's two-device split, e.g. cuda:0,cuda:1")

@@ -33,6 +33,7 @@ from alexnet.errors import ConfigError
 
 SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
 AMP_MODES = ("auto", "bf16", "none")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NORM_MODES = MODES  # the normalisations data.transforms implements: one list
 
 
@@ -79,6 +80,7 @@ class TrainConfig:
     amp: str = "auto"  # "auto": bf16 autocast where the hardware has native bf16 (recent GPUs, AVX512-BF16/AMX CPUs)
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" uses CUDA graphs on a GPU
     split_devices: list[str] | None = None  # the paper's two-device model split, e.g. ["cuda:0", "cuda:1"]
     num_workers: int = 2
     seed: int = 0
@@ -236,6 +238,7 @@ _RULES: dict[str, Rule] = {
     "onecycle_final_div": (lambda v: v > 0, "must be > 0"),
     "device": (lambda v: _is_device(v, auto=True), "expected auto, cpu, cuda, cuda:N or another torch device"),
     "amp": _choice(AMP_MODES),
+    "compile_mode": _choice(COMPILE_MODES),
     "split_devices": (lambda v: all(_is_device(d) for d in v), "expected torch devices such as cuda:0,cuda:1"),
     # each worker is a process: a bound keeps a typo (or a hostile file) from forking thousands
     "num_workers": (lambda v: 0 <= v <= 256, "must be in [0, 256]"),
