@@ -8,7 +8,8 @@ of DataLoader workers:
   (b) project: ``alexnet data prepare`` once (timed separately), then ``make_loader`` over
       the prepared shards (uint8 batches) and ``TrainAugment`` on the batch (CPU here).
 
-The source photos are replicated by symlinks to ``--items`` files in class folders.
+The source photos are copied to ``--items`` files in class folders (copies, not links:
+a folder dataset counts each real file once, so links to one photo would be one image).
 
     python bench/data_pipeline.py --source ../shared/data/imagenet-samples
 """
@@ -25,6 +26,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 import argparse
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -73,7 +75,7 @@ class ClassicDataset(Dataset):
 
 
 def replicate(source: Path, dest: Path, items: int, classes: int) -> list[tuple[str, int]]:
-    """``items`` symlinks to the source photos spread over ``classes`` class folders."""
+    """``items`` copies of the source photos spread over ``classes`` class folders."""
     files = sorted(p for p in source.iterdir() if p.is_file() and is_image_file(p))
     if not files:
         raise SystemExit(f"no images in {source}")
@@ -82,9 +84,9 @@ def replicate(source: Path, dest: Path, items: int, classes: int) -> list[tuple[
         label = j % classes
         d = dest / f"class{label:03d}"
         d.mkdir(parents=True, exist_ok=True)
-        link = d / f"{j:06d}{files[j % len(files)].suffix}"
-        link.symlink_to(files[j % len(files)].resolve())
-        samples.append((str(link), label))
+        copy = d / f"{j:06d}{files[j % len(files)].suffix}"
+        shutil.copyfile(files[j % len(files)], copy)
+        samples.append((str(copy), label))
     return samples
 
 
