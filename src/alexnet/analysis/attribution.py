@@ -273,3 +273,16 @@ def sanity_check(model: nn.Module, meta: ModelMeta, images: Tensor, method: str 
     before = trained.explain(images, method, chosen, **params)
     after = Attributor(randomised(model, seed), meta, device=device).explain(images, method, chosen, **params)
     return SanityResult(method, [spearman(a.values, b.values) for a, b in zip(before, after, strict=True)])
+
+
+def overlay(crop: Tensor, values: Tensor, alpha: float = 0.55) -> Tensor:
+    """uint8 ``[3, c, c]``: the input crop under a map (red: evidence for the class, blue:
+    against; scaled by the map's largest magnitude), for the command line and the report."""
+    v = values.float()
+    m = float(v.abs().max())
+    v = v / m if m > 0 else v
+    red, blue = v.clamp(min=0), (-v).clamp(min=0)
+    heat = torch.stack([red, torch.zeros_like(v), blue]) * 255
+    weight = alpha * torch.maximum(red, blue).unsqueeze(0)
+    out = crop.float() * (1 - weight) + heat * weight
+    return out.round().clamp(0, 255).to(torch.uint8)

@@ -272,3 +272,24 @@ def outside_classes(probs: Tensor, calibration: OODCalibration) -> list[Verdict]
                    f"prove the image shows one")
         out.append(Verdict(outside, float(score), calibration.threshold, n, msg))
     return out
+
+
+def layer_knowledge(model: Any, meta: Any, probes: Probes, images: Tensor,
+                    device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """``{layer: probs [B, C_data]}`` for uint8 images ``[B, 3, H, W]``: each probe's class
+    probabilities over the dataset's classes (``probes.classes``), then ``fc8``: the model's
+    own softmax restricted to those classes and renormalised, so every row of the curve is
+    over the same classes and the true label's probability can be followed with depth.
+    """
+    from alexnet.evaluation import fit_images, label_map
+
+    dev = next(model.parameters()).device if device is None else torch.device(device)
+    x = meta.eval_transform().to(dev)(fit_images(images.to(dev), meta.image_size))
+    with torch.inference_mode():
+        acts = model.forward_layers(x, [*probes.probes, "fc8"])
+    out = probes.layer_probs({name: pooled(acts[name]) for name in probes.probes})
+    model_probs = F.softmax(acts["fc8"].float(), 1)
+    idx = label_map(probes.classes, meta.classes).to(model_probs.device)
+    sub = model_probs[:, idx]
+    out["fc8"] = sub / sub.sum(1, keepdim=True).clamp_min(1e-12)
+    return {k: v.cpu() for k, v in out.items()}
