@@ -180,8 +180,9 @@ def test_atlas_of_a_torchvision_layout_model() -> None:
     meta = _imagenet_meta("alexnet_owt", 1000)
 
     class Tiny(torch.utils.data.Dataset):
-        classes = class_names = [meta.classes[0], meta.classes[1]]
-        image_size = 256
+        def __init__(self) -> None:
+            self.classes = self.class_names = [meta.classes[0], meta.classes[1]]
+            self.image_size = 256
 
         def __len__(self) -> int:
             return 6
