@@ -33,9 +33,11 @@ units of the layer, i.e. what the numbers would be if the top patches had nothin
 image positions, feature-map locations, labels, patches, unit statistics; the probes) and
 ``atlas.json`` (model, weights digest, data, sample size, receptive fields, summaries,
 probe accuracies, the out-of-class calibration). The model cache
-(:func:`model_cache_dir`) is ``<data home>/analysis/<first 16 hex of the weights'
-SHA-256>/``, the place for everything computed from one set of weights (the fc7 neighbour
-index belongs beside it, in ``fc7-index/``). :func:`ensure_atlas` builds once and reuses.
+(:func:`model_cache_dir`) is ``<root>/<first 16 hex of the weights' SHA-256>/``, the place
+for everything computed from one set of weights (the fc7 neighbour index belongs beside
+it, in ``fc7-index/``); the root (:func:`cache_root`) is ``RUN/analysis`` for a model in a
+run directory and ``<data home>/analysis`` otherwise. :func:`ensure_atlas` builds once
+and reuses.
 """
 
 from __future__ import annotations
@@ -570,6 +572,19 @@ def build_atlas(
 # --------------------------------------------------------------------------- the cache
 
 
+def cache_root(model_file: str | Path | None) -> Path:
+    """Where a model's derived artefacts are kept: ``RUN/analysis`` for a model inside a run
+    directory (they go with the run), else ``<data home>/analysis`` (e.g. downloaded weights)."""
+    from alexnet.runs import RunPaths
+
+    run = None if model_file is None else RunPaths.of(Path(model_file).resolve())
+    if run is not None:
+        return run.root / "analysis"
+    from alexnet.data.home import data_home
+
+    return data_home() / "analysis"
+
+
 def model_cache_dir(weights_sha256: str, root: str | Path | None = None) -> Path:
     """Where everything computed from one set of weights lives: ``root`` (default
     ``<data home>/analysis``) / the digest's first 16 hex digits. The atlas is ``atlas/``
@@ -596,6 +611,11 @@ def load_atlas(model: nn.Module, root: str | Path | None = None) -> Atlas | None
     return atlas if atlas.info.get("weights_sha256") == digest else None
 
 
+def _enough(stored: int | None, wanted: int | None) -> bool:
+    """Whether an atlas built with sample ``stored`` (None: every image) serves a request for ``wanted``."""
+    return stored is None or (wanted is not None and stored >= wanted)
+
+
 def ensure_atlas(
     model: nn.Module,
     meta: ModelMeta,
@@ -608,15 +628,16 @@ def ensure_atlas(
     **build: Any,
 ) -> tuple[Atlas, bool]:
     """``(atlas, built)``: the stored atlas of these weights when there is one for the same
-    data and sample size, else a new one (built, saved, returned with ``built=True``)."""
+    data that looked at at least as many images, else a new one (built, saved, returned
+    with ``built=True``)."""
     if not rebuild:
         try:
             atlas = load_atlas(model, root)
         except IndexFormatError as exc:
             log.warning("%s; rebuilding", exc)
             atlas = None
-        if atlas is not None and (data is None or atlas.info.get("data") == data) and (
-            "sample" not in build or atlas.info.get("sample_requested") == build["sample"]
+        if atlas is not None and (data is None or atlas.info.get("data") == data) and _enough(
+            atlas.info.get("sample_requested"), build.get("sample", 5000)
         ):
             return atlas, False
     atlas = build_atlas(model, meta, train, val, **build)
