@@ -229,3 +229,12 @@ def test_report_without_config_needs_data(tiny_run: TinyRun, tmp_path: Path) -> 
     page = write_report(run, data=tiny_run.data, device="cpu", num_queries=2, max_eval=6, max_index=20).read_text()
     assert "top-1 error" in page and "Retrieval" in page
     assert json.loads((run / "report" / "evaluation.json").read_text())["num_images"] == 6
+
+
+def test_training_curves_share_one_epoch_axis() -> None:
+    """Logged steps sit at their fraction of the epoch, so every panel has the same x-axis."""
+    records = [{"kind": "epoch", "epoch": 1, "step": 10}, {"kind": "epoch", "epoch": 2, "step": 30},
+               {"kind": "epoch", "epoch": 3, "step": 40, "partial": True}]
+    to_epoch = plots._epoch_axis(records)
+    assert [to_epoch(s) for s in (0, 5, 10, 20, 30, 40)] == [0, 0.5, 1, 1.5, 2, 2.5]
+    assert plots._epoch_axis([{"kind": "step", "step": 3}]) is None

@@ -191,11 +191,12 @@ def test_atlas_of_a_torchvision_layout_model() -> None:
             g = torch.Generator().manual_seed(i)
             return torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8, generator=g), i % 2
 
-    a = build_atlas(model, meta, Tiny(), Tiny(), sample=None, top_k=2, patch_size=32, batch_size=6)
+    a = build_atlas(model, meta, Tiny(), Tiny(), sample=None, top_k=2, patch_size=32, batch_size=4, probe_images=4)
     assert a.layers["conv1"].patches.shape == (64, 2, 3, 11, 11)
     assert a.layers["conv5"].patches.shape == (256, 2, 3, 32, 32) and a.layers["conv5"].rf.size == 163
     assert set(a.probes.probes) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"}
     assert a.ood.num_classes == 1000
+    assert a.probes.train_images == 4 and a.probes.val_images == 6  # fc6/fc7 kept for the probe subset only
 
 
 def test_cli_atlas_builds_once_then_reuses(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:
@@ -208,3 +209,15 @@ def test_cli_atlas_builds_once_then_reuses(tiny_run: TinyRun, tmp_path: Path, ca
     doc = json.loads(capsys.readouterr().out)
     assert doc["built"] is False and doc["info"]["sample"] == 40
     assert [row["layer"] for row in doc["probes"]] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+
+
+def test_bench_script_runs(capsys) -> None:
+    """bench/seeing.py end to end at a tiny size, so the measurement script cannot rot."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import seeing
+
+    assert seeing.main(["--tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "atlas: 24 training" in out and "Grad-CAM" in out

@@ -422,9 +422,16 @@ class _TopK:
 def _features_pass(
     model: nn.Module, meta: ModelMeta, dataset: Any, positions: list[int], *, layers: Sequence[str],
     top: dict[str, _TopK] | None, pooled_layers: Sequence[str], keep_probs: bool, batch_size: int,
-    device: torch.device, num_workers: int | None, progress: str | None,
+    device: torch.device, num_workers: int | None, progress: str | None, keep: Sequence[int] | None = None,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor | None, dict[str, tuple[int, int]]]:
-    """One pass: updates ``top``, returns (pooled features per layer, labels, softmax or None, map sizes)."""
+    """One pass: updates ``top``, returns (pooled features, labels, softmax or None, map sizes).
+
+    Features, labels and softmax are kept only for the items ``keep`` (indices into
+    ``positions``; None: all), so a 50k-image pass holds fc6/fc7 vectors of the probe
+    subset alone."""
+    kept = None if keep is None else torch.zeros(len(positions), dtype=torch.bool)
+    if kept is not None:
+        kept[list(keep)] = True
     from torch.utils.data import Subset
 
     transform = meta.eval_transform().to(device)
@@ -442,17 +449,18 @@ def _features_pass(
             x = transform(fit_images(images.to(device), meta.image_size))
             acts = model.forward_layers(x, wanted)
             pos = torch.tensor(positions[done : done + len(y)], dtype=torch.int64)
+            rows = slice(None) if kept is None else kept[done : done + len(y)].to(x.device)
             done += len(y)
             if top is not None:
                 for name in layers:
                     top[name].update(acts[name], pos)
                     shapes[name] = tuple(acts[name].shape[-2:])
             for name in pooled_layers:
-                feats[name].append(pooled(acts[name]).cpu())
+                feats[name].append(pooled(acts[name][rows]).cpu())
             if keep_probs:
-                probs.append(F.softmax(acts["fc8"].float(), 1).cpu())
-            labels.append(y)
-    if not labels:
+                probs.append(F.softmax(acts["fc8"][rows].float(), 1).cpu())
+            labels.append(y[rows.cpu() if isinstance(rows, Tensor) else rows])
+    if not done:
         raise EvaluationError("the dataset has no images for the atlas")
     return ({k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels),
             torch.cat(probs) if keep_probs else None, shapes)
@@ -493,11 +501,12 @@ def build_atlas(
         raise EvaluationError("the training split has no images for the atlas")
     rfs = receptive_fields(model, meta.input_size)
     top = {name: _TopK(top_k) for name in CONV_LAYERS}
-    probe_pos = set(spaced_indices(len(positions), probe_images)) if probes else set()
+    probe_pos = spaced_indices(len(positions), probe_images) if probes else []
     pooled_layers = list(PROBE_LAYERS) if probes else []
     feats, labels, _, shapes = _features_pass(
         model, meta, train, positions, layers=CONV_LAYERS, top=top, pooled_layers=pooled_layers, keep_probs=False,
         batch_size=batch_size, device=device, num_workers=num_workers, progress="atlas" if progress else None,
+        keep=probe_pos,
     )
     # Patches: only the images that are someone's top hit, read again (at most C x K of them).
     needed = sorted({int(i) for t in top.values() for i in t.images.flatten().tolist()})
@@ -542,17 +551,16 @@ def build_atlas(
             ood = OODCalibration.fit(val_probs)
             val_count = len(vpos)
         if probes:
-            keep = torch.tensor(sorted(probe_pos), dtype=torch.int64)
             classes = list(train.classes)
             names = list(getattr(train, "class_names", classes))
-            fitted = fit_probes({k: v[keep].to(device) for k, v in feats.items()}, labels[keep].to(device), classes, names,
+            fitted = fit_probes({k: v.to(device) for k, v in feats.items()}, labels.to(device), classes, names,
                                 None if val_feats is None else {k: v.to(device) for k, v in val_feats.items()},
                                 None if val_labels is None else val_labels.to(device))
             for p in fitted.probes.values():
                 p.mean, p.std, p.weight, p.bias = p.mean.cpu(), p.std.cpu(), p.weight.cpu(), p.bias.cpu()
     info = {
         "model": meta.model,
-        "describe": meta.describe(),
+        "options": {k: v for k, v in meta.options.items() if k != "devices"},
         "weights_sha256": weights_fingerprint(model),
         "classes": list(train.classes),
         "class_names": list(getattr(train, "class_names", train.classes)),
