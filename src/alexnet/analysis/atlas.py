@@ -151,6 +151,20 @@ def cut_patch(image: Tensor, rf: ReceptiveField, y: int, x: int) -> Tensor:
     return patch
 
 
+def mosaic(patches: Tensor, side: int = 40, cols: int = 3, gap: int = 1) -> Tensor:
+    """uint8 ``[K, 3, P, P]`` -> one uint8 ``[3, H, W]`` picture: the patches upscaled (nearest)
+    to ``side`` px, ``cols`` per row, separated by ``gap`` px of white."""
+    k, p = patches.shape[0], patches.shape[-1]
+    rows = math.ceil(k / cols)
+    out = torch.full((3, rows * side + (rows - 1) * gap, cols * side + (cols - 1) * gap), 255, dtype=torch.uint8)
+    idx = torch.arange(side) * p // side
+    for i in range(k):
+        r, c = divmod(i, cols)
+        top, left = r * (side + gap), c * (side + gap)
+        out[:, top : top + side, left : left + side] = patches[i][:, idx][:, :, idx]
+    return out
+
+
 def _resize(patch: Tensor, side: int) -> Tensor:
     if patch.shape[-1] == side:
         return patch
@@ -278,6 +292,13 @@ class LayerAtlas:
         ]
         return {"layer": self.name, "channel": channel, "hits": hits,
                 **{k: float(v[channel]) for k, v in self.unit_stats.items()}}
+
+    def mosaic(self, channel: int, side: int = 40, cols: int = 3, gap: int = 1) -> Tensor:
+        """The channel's top patches as one uint8 ``[3, H, W]`` picture (white gaps), each
+        patch upscaled by nearest neighbour to ``side`` px: the tile the page and the report show."""
+        if not 0 <= channel < self.channels:
+            raise EvaluationError(f"{self.name} has {self.channels} channels; no channel {channel}")
+        return mosaic(self.patches[channel], side, cols, gap)
 
     def showcase(self, n: int) -> list[int]:
         """``n`` channels for a figure: evenly spaced over the live channels in index order

@@ -335,21 +335,6 @@ def plot_timeline(path: str | Path, run_top5_error: float | None = None, run_lab
 # --------------------------------------------------------------------------- unit atlas
 
 
-def _mosaic(patches: Tensor, side: int, cols: int = 3, gap: int = 1) -> np.ndarray:
-    """uint8 ``[K, 3, P, P]`` -> one ``[H, W, 3]`` array: the patches upscaled (nearest) to
-    ``side`` px, ``cols`` per row, on white."""
-    k = patches.shape[0]
-    rows = math.ceil(k / cols)
-    out = np.full((rows * side + (rows - 1) * gap, cols * side + (cols - 1) * gap, 3), 255, dtype=np.uint8)
-    p = patches.shape[-1]
-    idx = (np.arange(side) * p // side)
-    for i in range(k):
-        r, c = divmod(i, cols)
-        tile = patches[i].permute(1, 2, 0).numpy()[idx][:, idx]
-        out[r * (side + gap) : r * (side + gap) + side, c * (side + gap) : c * (side + gap) + side] = tile
-    return out
-
-
 def plot_unit_atlas(
     layers: Sequence[tuple[str, Sequence[int], Tensor, str]],
     path: str | Path,
@@ -361,6 +346,8 @@ def plot_unit_atlas(
     per layer, one 3 x 3 block of each shown unit's top-9 receptive-field patches, the
     layer's name and ``note`` (its field size, measured summary) at the left.
     """
+    from alexnet.analysis.atlas import mosaic
+
     n_rows = len(layers)
     n_cols = max((len(ch) for _, ch, _, _ in layers), default=1)
     cell = 1.35
@@ -373,7 +360,7 @@ def plot_unit_atlas(
                  wrap=True)
         for c, ch in enumerate(channels):
             ax = fig.add_axes(((2.2 + cell * c) / width, bottom, (cell - 0.1) / width, cell / height))
-            ax.imshow(_mosaic(patches[c], side), interpolation="nearest")
+            ax.imshow(_hwc(mosaic(patches[c], side)), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"unit {ch}", fontsize=7.5, pad=2)
