@@ -4,7 +4,8 @@
   validation split for probes and the out-of-class threshold), timed end to end;
 * attribution: occlusion (default window and stride) and Grad-CAM at conv5 for one image
   at a time, first call and the median of the following (cache cleared each time), on
-  the given model and on ``alexnet_owt`` at 224 px (random weights: the cost is the same).
+  the given model and on ``alexnet_owt`` at 224 px (random weights: the cost is the same);
+* feature visualisation: 128 optimisation steps for a conv3 channel and an fc8 unit.
 
     python bench/seeing.py --checkpoint RUN --sample 3000            # demo model, its dataset
     python bench/seeing.py --checkpoint RUN --skip-atlas --device cuda
@@ -108,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         lat = time_attribution(m, mt, imgs, device, args.repeats)
         print(f"attribution, {name} ({mt.input_size} px input): occlusion {lat['occlusion'] * 1e3:.0f} ms, "
               f"Grad-CAM {lat['gradcam'] * 1e3:.0f} ms per image")
+        from alexnet.analysis.featvis import visualise
+
+        m = m.to(device)
+        for layer in ("conv3", "fc8"):
+            vis = visualise(m, mt, layer, 0, steps=8 if args.tiny else 128)
+            print(f"feature visualisation, {name}, {layer} unit 0: {vis.steps} steps in {vis.seconds:.1f} s")
     return 0
 
 

@@ -122,6 +122,8 @@ def test_attribution_on_a_torchvision_layout_model() -> None:
     g = att.gradcam(image, targets=7)[0]
     o = att.occlusion(image, targets=7, window=56, stride=56)[0]  # 16 positions: keep the test quick
     assert g.values.shape == o.values.shape == (224, 224)
+    vis = visualise(model, meta, "conv2", 3, steps=3)
+    assert vis.image.shape == (3, 224, 224) and vis.activation > vis.start_activation
     assert overlay(torch.zeros(3, 224, 224, dtype=torch.uint8), o.values).shape == (3, 224, 224)
 
 
