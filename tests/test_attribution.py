@@ -130,7 +130,7 @@ def test_attribution_on_a_torchvision_layout_model() -> None:
 def test_feature_visualisation_raises_the_units_activation(tiny, tmp_path: Path) -> None:
     model, meta, _ = tiny
     for layer, unit in (("conv2", 3), ("fc8", 1)):
-        vis = visualise(model, meta, layer, unit, steps=24)
+        vis = visualise(model, meta, layer, unit, steps=64)
         assert vis.image.shape == (3, meta.input_size, meta.input_size) and vis.image.dtype == torch.uint8
         assert vis.activation > vis.start_activation + 0.1, (layer, vis.start_activation, vis.activation)
     first, computed = cached_visualisation(model, meta, "conv3", 2, tmp_path, steps=8)
