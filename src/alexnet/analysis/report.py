@@ -32,7 +32,7 @@ from alexnet.data import resolve_data
 from alexnet.data.sampling import spaced_indices
 from alexnet.data.splits import open_splits
 from alexnet.devices import resolve_device
-from alexnet.errors import ReportError
+from alexnet.errors import AlexNetError, ReportError
 from alexnet.runs import RunPaths
 
 
@@ -235,10 +235,13 @@ def write_report(
 
     # What the units respond to (the unit atlas).
     if train is not None and len(train):
-        rep.sections.append(
-            _atlas_section(model, meta, model_file, train, val, data_path, out, device, batch_size, num_workers,
-                           atlas_sample, atlas_units)
-        )
+        try:
+            rep.sections.append(
+                _atlas_section(model, meta, model_file, train, val, data_path, out, device, batch_size, num_workers,
+                               atlas_sample, atlas_units)
+            )
+        except (AlexNetError, OSError) as exc:  # e.g. an unreadable image or cache: the other sections stand
+            rep.sections.append(_Section("What the units respond to", note=f"the unit atlas could not be made: {exc}"))
 
     # Retrieval.
     if train is not None and val is not None and len(train) and len(val):
