@@ -221,3 +221,17 @@ def test_bench_script_runs(capsys) -> None:
     assert seeing.main(["--tiny"]) == 0
     out = capsys.readouterr().out
     assert "atlas: 24 training" in out and "Grad-CAM" in out
+
+
+def test_what_the_page_gets_for_one_unit(atlas: Atlas) -> None:
+    la = atlas.layers["conv2"]
+    unit = la.unit(3)
+    assert [h["image"] for h in unit["hits"]] == la.images[3].tolist()
+    assert unit["hits"][0]["value"] == pytest.approx(float(la.values[3, 0]))
+    assert set(unit) >= {"coherence", "colour", "luminance", "purity"}
+    tile = la.mosaic(3, side=20)  # 5 patches, 3 per row: 2 rows
+    assert tile.shape == (3, 2 * 20 + 1, 3 * 20 + 2) and tile.dtype == torch.uint8
+    assert (tile[:, 21:, 41:] == 255).all()  # the sixth place is empty
+    with pytest.raises(Exception, match="no channel"):
+        la.unit(la.channels)
+    assert len(la.showcase(4)) == 4 and la.showcase(4) == sorted(la.showcase(4))
