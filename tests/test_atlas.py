@@ -124,8 +124,10 @@ def test_top_hits_are_each_channels_strongest_and_their_patches_are_cut_there(ti
         expected = best.topk(la.values.shape[1], dim=0).values.T  # [C, K]
         torch.testing.assert_close(la.values, expected, rtol=1e-4, atol=1e-5)
         for ch in (0, la.channels - 1):
-            assert len(set(la.images[ch].tolist())) == la.values.shape[1]  # K different images
-            for r in range(la.values.shape[1]):
+            hits = [i for i, v in zip(la.images[ch].tolist(), la.values[ch].tolist(), strict=True) if v > 0]
+            assert len(set(hits)) == len(hits) and -1 not in hits  # different images
+            assert (la.images[ch, len(hits) :] == -1).all()  # a zero response is no hit
+            for r in range(len(hits)):
                 i, (y, xx) = int(la.images[ch, r]), la.locations[ch, r].tolist()
                 assert float(a[i, ch, y, xx]) == pytest.approx(float(la.values[ch, r]), rel=1e-4, abs=1e-5)
                 assert int(la.labels[ch, r]) == train[i][1]
@@ -187,6 +189,8 @@ def test_atlas_of_a_torchvision_layout_model() -> None:
     """alexnet_owt (random weights), 256 px images of two classes: fields up to 163 px, patches downscaled."""
     torch.manual_seed(0)
     model = create_model("alexnet_owt").eval()
+    with torch.no_grad():
+        model.features[0].bias[0] = -1e6  # conv1 channel 0 never fires
     meta = _imagenet_meta("alexnet_owt", 1000)
 
     class Tiny(torch.utils.data.Dataset):
@@ -207,6 +211,9 @@ def test_atlas_of_a_torchvision_layout_model() -> None:
     assert set(a.probes.probes) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"}
     assert a.ood.num_classes == 1000
     assert a.probes.train_images == 4 and a.probes.val_images == 6  # fc6/fc7 kept for the probe subset only
+    dead = a.layers["conv1"]
+    assert (dead.images[0] == -1).all() and (dead.values[0] == 0).all() and (dead.patches[0] == GREY).all()
+    assert dead.summary["dead"] >= 1 and 0 not in dead.showcase(8) and dead.unit(0)["hits"] == []
 
 
 def test_cli_atlas_builds_once_then_reuses(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:

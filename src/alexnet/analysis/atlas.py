@@ -267,8 +267,8 @@ class LayerAtlas:
 
     name: str
     rf: ReceptiveField
-    values: Tensor  # float32 [C, K], descending; 0 for a unit that never fired
-    images: Tensor  # int64 [C, K]: positions in the dataset (-1: no hit)
+    values: Tensor  # float32 [C, K], descending; 0 where the unit did not fire (no hit)
+    images: Tensor  # int64 [C, K]: positions in the dataset (-1: no hit: the unit was 0 on every other image)
     locations: Tensor  # int64 [C, K, 2]: (y, x) in the stage's feature map
     labels: Tensor  # int64 [C, K]: dataset labels of those images (-1: no hit)
     patches: Tensor  # uint8 [C, K, 3, P, P]
@@ -530,7 +530,7 @@ def build_atlas(
         keep=probe_pos,
     )
     # Patches: only the images that are someone's top hit, read again (at most C x K of them).
-    needed = sorted({int(i) for t in top.values() for i in t.images.flatten().tolist()})
+    needed = sorted({int(i) for t in top.values() for i in t.images[t.values > 0].tolist()})
     crops: dict[int, Tensor] = {}
     label_of: dict[int, int] = {}
     for i in needed:
@@ -550,6 +550,8 @@ def build_atlas(
         labs = torch.full((c, top_k), -1, dtype=torch.int64)
         for ch in range(c):
             for r in range(k):
+                if float(t.values[ch, r]) <= 0:  # never fired on the rest: no hit to show (stays -1, grey)
+                    break
                 i, flat = int(t.images[ch, r]), int(t.where[ch, r])
                 yx = divmod(flat, w)
                 patches[ch, r] = _resize(cut_patch(crops[i], rf, *yx), side)
