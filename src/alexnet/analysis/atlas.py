@@ -329,13 +329,17 @@ class Atlas:
             f"their top {la.values.shape[1]} images come {s['purity']:.0%} from one class on average. "
             f"Unrelated patches would give {b['oriented_edge'] + b['colour_edge']:.0%} oriented, "
             f"{b['colour_blob']:.0%} colour blobs, {b['purity']:.0%} one class "
-            f"(receptive field {la.rf.size} px; {n:,} training images)."
+            f"(receptive field {la.rf.size} px{self._beyond(la)}; {n:,} training images)."
         )
         if self.probes is not None and layer in self.probes.probes:
             p = self.probes.probes[layer]
             if math.isfinite(p.val_accuracy):
                 text += f" A linear probe on its pooled channels names the class of {p.val_accuracy:.0%} of validation images."
         return text
+
+    def _beyond(self, la: LayerAtlas) -> str:
+        side = self.info.get("input_size")
+        return f", more than the {side} px input" if side and la.rf.size > side else ""
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the tensors: for the page's captions (``/api/atlas``)."""
@@ -587,6 +591,7 @@ def build_atlas(
         "weights_sha256": weights_fingerprint(model),
         "classes": list(train.classes),
         "class_names": list(getattr(train, "class_names", train.classes)),
+        "input_size": meta.input_size,
         "sample": len(positions),
         "sample_requested": sample,
         "val_images": val_count,
