@@ -101,6 +101,7 @@ def test_report_unit_atlas_figure_is_stored_with_the_run(report: Path) -> None:
     page = report.read_text()
     for layer in ("conv1", "conv2", "conv3", "conv4", "conv5"):
         assert f"<li>{layer}: of " in page  # the measured caption of every layer
+    assert "What each layer already knows" in page and "<td>fc7</td>" in page and "Out-of-class check" in page
     with Image.open(report.parent / "unit_atlas.png") as im:
         assert im.size[0] > 600 and im.size[1] > 600
 

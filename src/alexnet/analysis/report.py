@@ -369,6 +369,24 @@ def _atlas_section(model, meta, model_file: Path, train, val, data_path: str, ou
         rows.append((name, chosen, la.patches[chosen][:, :9], note))
     fig = plots.plot_unit_atlas(rows, out / "unit_atlas.png")
     captions = "".join(f"<li>{html.escape(atlas.caption(name))}</li>" for name in atlas.layers)
+    if atlas.probes is not None and atlas.probes.val_images:
+        rows = "".join(
+            f"<tr><td>{r['layer']}</td><td>{r['dim']:,}</td><td>{r['val_accuracy']:.1%}</td><td>{r['val_true_prob']:.1%}</td></tr>"
+            for r in atlas.probes.summary()
+        )
+        captions += (
+            f"<p>What each layer already knows about the label: a linear probe per layer on its pooled activations "
+            f"({atlas.probes.train_images:,} training images), scored on {atlas.probes.val_images:,} validation "
+            f"images.</p><table><tr><th>layer</th><th>features</th><th>probe accuracy</th>"
+            f"<th>mean probability of the true class</th></tr>{rows}</table>"
+        )
+    if atlas.ood is not None:
+        captions += (
+            f"<p>Out-of-class check: an image whose top softmax probability is below {atlas.ood.threshold:.1%} is "
+            f"flagged as possibly none of the {atlas.ood.num_classes} classes; {atlas.ood.keep:.0%} of validation "
+            f"images reach that confidence, so about {1 - atlas.ood.keep:.0%} of ordinary images are flagged too, and "
+            f"a confidently wrong answer on an unknown object is not caught.</p>"
+        )
     note = (f"Units shown: {units} per layer, evenly spaced over the active channels (not hand-picked). Each patch is "
             f"the unit's receptive field, computed from the architecture, around its strongest location in one of "
             f"its 9 best training images ({atlas.info['sample']:,} looked at); grey: beyond the image's edge. "
