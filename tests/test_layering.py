@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "alexnet.data": 3,
     "alexnet.checkpoint": 4,
     "alexnet.runs": 4,
+    "alexnet.pretrained": 4,
     "alexnet.evaluation": 5,
     "alexnet.metrics": 5,
     "alexnet.training": 6,

@@ -21,12 +21,13 @@ from alexnet.cli.analysis import add_evaluate, add_export, add_neighbors, add_pr
 from alexnet.cli.data import add_data
 from alexnet.cli.explore import add_explore
 from alexnet.cli.models import add_models
+from alexnet.cli.seeing import SEEING_COMMANDS
 from alexnet.cli.train import add_demo, add_train
 from alexnet.errors import AlexNetError
 
 # Each entry adds one command (or group) to the parser, in the order `--help` lists them.
 COMMANDS = [add_models, add_data, add_explore, add_train, add_demo, add_evaluate, add_report, add_neighbors,
-            add_predict, add_export]
+            add_predict, add_export, *SEEING_COMMANDS]
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,68 @@
+"""torchvision's alexnet weights: fetched from a local server (127.0.0.1) through the URL override,
+verified by the published SHA-256 prefix convention, resumed, and refused when the digest is wrong."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from test_data_download import _Server
+
+from alexnet.cli import main
+from alexnet.errors import ChecksumError
+from alexnet.pretrained import WEIGHTS, download_weights, weights_path
+
+BODY = bytes(range(256)) * 4096  # 1 MiB: a stand-in, the real file is 233 MiB
+DIGEST = hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.fixture
+def server():
+    s = _Server()
+    s.files["/alexnet-owt-7be5be79.pth"] = BODY
+    yield s
+    s.close()
+
+
+def test_the_published_file_and_digest_prefix() -> None:
+    spec = WEIGHTS["torchvision"]
+    assert spec.url == "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+    assert spec.sha256_prefix == "7be5be79" and spec.model == "alexnet_owt"
+    assert spec.filename == "alexnet-owt-7be5be79.pth"
+
+
+def test_download_verifies_and_stores_in_the_data_home(server, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ALEXNET_DATA", str(tmp_path / "home"))
+    monkeypatch.setenv("ALEXNET_TORCHVISION_URL", server.url + "/alexnet-owt-7be5be79.pth")
+    path = download_weights("torchvision", sha256=DIGEST[:8])
+    assert path == tmp_path / "home" / "weights" / "alexnet-owt-7be5be79.pth" == weights_path("torchvision")
+    assert path.read_bytes() == BODY
+    requests = len(server.ranges)
+    assert download_weights("torchvision", sha256=DIGEST[:8]) == path  # in place and verified: no new request
+    assert len(server.ranges) == requests
+
+
+def test_download_resumes_a_partial_file(server, tmp_path: Path) -> None:
+    part = tmp_path / "alexnet-owt-7be5be79.pth.part"
+    part.write_bytes(BODY[:300_000])
+    path = download_weights(url=server.url + "/alexnet-owt-7be5be79.pth", sha256=DIGEST, directory=tmp_path)
+    assert server.ranges == ["bytes=300000-"]
+    assert path.read_bytes() == BODY and not part.exists()
+
+
+def test_a_file_with_the_wrong_digest_is_deleted(server, tmp_path: Path) -> None:
+    with pytest.raises(ChecksumError, match="7be5be79"):
+        download_weights(url=server.url + "/alexnet-owt-7be5be79.pth", directory=tmp_path)  # published prefix
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_weights(server, tmp_path: Path, capsys) -> None:
+    url = server.url + "/alexnet-owt-7be5be79.pth"
+    assert main(["weights", "download", "torchvision", "--url", url, "--dir", str(tmp_path)]) == 2
+    assert "does not start with the published 7be5be79" in capsys.readouterr().err
+    # Verified but not a model: said so, not a traceback.
+    assert main(["weights", "download", "--url", url, "--sha256", DIGEST[:12], "--dir", str(tmp_path)]) == 2
+    assert "digest verified, but it does not load" in capsys.readouterr().err
+    assert main(["weights", "list", "--dir", str(tmp_path)]) == 0
+    assert "downloaded: " in capsys.readouterr().out
