@@ -45,20 +45,23 @@ CONV_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
 # Layers the page's stencil can slide: conv1 over the pixels, conv2 over conv1's maps.
 STENCIL_LAYERS: tuple[str, ...] = ("conv1", "conv2")
 
-# What each stage tends to respond to (Zeiler & Fergus 2014; the paper's Figure 3 for conv1).
+# What each stage is, structurally. What its units respond to is measured by the unit atlas
+# (alexnet.explorer.evidence) and captioned from that evidence, not asserted here.
 LAYER_ROLES: dict[str, tuple[str, str]] = {
-    "conv1": ("Edges", "oriented edges and colour blobs, straight from the pixels"),
-    "conv2": ("Textures", "corners, grids and textures built from conv1's edges"),
-    "conv3": ("Patterns", "repeated motifs and simple shapes"),
-    "conv4": ("Parts", "object parts: eyes, wheels, fur, leaves"),
-    "conv5": ("Objects", "whole objects and their arrangement"),
+    "conv1": ("Stage 1", "the first convolution, straight over the pixels"),
+    "conv2": ("Stage 2", "a convolution over conv1's pooled maps"),
+    "conv3": ("Stage 3", "a convolution over conv2's pooled maps"),
+    "conv4": ("Stage 4", "a convolution over conv3's maps"),
+    "conv5": ("Stage 5", "the last convolution, over conv4's maps"),
 }
 
-# ImageNet (ILSVRC) classification winners, top-5 error in percent (SPEC.md).
+# ImageNet (ILSVRC) classification winners, top-5 error in percent (SPEC.md). 2012: 16.4% with
+# ILSVRC data only; the same team's 15.3% used extra (Fall 2011 ImageNet) data.
 TIMELINE: list[dict[str, Any]] = [
     {"year": 2010, "error": 28.2, "team": "NEC-UIUC"},
     {"year": 2011, "error": 25.8, "team": "XRCE"},
-    {"year": 2012, "error": 16.4, "team": "SuperVision (AlexNet)"},
+    {"year": 2012, "error": 16.4, "team": "SuperVision (AlexNet)", "extra_data_error": 15.3,
+     "extra_data": "7 CNNs, two pre-trained on the ImageNet Fall 2011 release"},
     {"year": 2013, "error": 11.7, "team": "Clarifai"},
     {"year": 2014, "error": 6.7, "team": "GoogLeNet"},
     {"year": 2015, "error": 3.57, "team": "ResNet"},
@@ -262,8 +265,14 @@ class Engine:
         cache_size: int = 64,
         max_batch: int = 4,
         device: str | torch.device = "cpu",
+        cache_root: str | Path | None = None,
+        atlas_sample: int = 2000,
+        atlas_top_k: int = 9,
+        featvis_seconds: float = 6.0,
     ) -> None:
         self.model, self.meta = model.eval(), meta
+        for p in self.model.parameters():  # nothing here trains: gradients are only ever wanted w.r.t. inputs
+            p.requires_grad_(False)
         self.device = resolve_device(device)
         self.transform = meta.eval_transform().to(self.device)
         self.checkpoint = None if checkpoint is None else str(checkpoint)
@@ -292,6 +301,10 @@ class Engine:
         if "train" not in self.splits:
             self.index.ready.set()  # nothing to index: neighbours are simply unavailable
         self._index_size = index_size
+        from alexnet.explorer.evidence import Evidence
+
+        self.evidence = Evidence(self, cache_root=cache_root, atlas_sample=atlas_sample, atlas_top_k=atlas_top_k,
+                                 featvis_seconds=featvis_seconds)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, data: str | Path | None = None, **kwargs: Any) -> Engine:
@@ -574,6 +587,7 @@ class Engine:
             "true_label": true,
             "correct_top1": None if true is None else true["rank"] == 1,
             "correct_top5": None if true is None else true["rank"] <= 5,
+            "scope": self.evidence.verdict(a.probs),
         }
 
     def layer(self, a: Analysis, layer: str) -> dict[str, Any]:
@@ -610,7 +624,7 @@ class Engine:
         }
 
     def kernels(self) -> dict[str, Any]:
-        """The conv1 kernels as one picture (one block per tower, as in the paper's Figure 3)."""
+        """The loaded model's conv1 kernels as one picture (one block per tower where it has towers)."""
         if self._kernels is None:
             from alexnet.analysis.filters import conv1_weight, kernel_grid, tower_summary
 
@@ -656,7 +670,11 @@ class Engine:
             raise ExplorerError(404, "this image's pixels are no longer cached; choose it again")
         captured: list[tuple[nn.Conv2d, Tensor, Tensor]] = []
 
+        me = threading.get_ident()
+
         def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if threading.get_ident() != me:  # another thread's pass (the atlas, an attribution): not ours
+                return
             captured.append((module, inputs[0].detach().float().cpu(), output.detach().float().cpu()))
 
         names = {m: n for n, m in self.model.named_modules()}
@@ -749,6 +767,9 @@ class Engine:
     def info(self) -> dict[str, Any]:
         return {
             "model": self.meta.model,
+            "describe": self.meta.describe(),
+            "options": {k: v for k, v in self.meta.options.items() if k != "devices"},
+            "params": self.meta.num_params(),
             "checkpoint": None if self.checkpoint is None else Path(self.checkpoint).name,
             "num_classes": self.meta.num_classes,
             "classes": self.meta.class_names,
@@ -763,6 +784,7 @@ class Engine:
                 "ready": self.index.ready.is_set(),
                 "indexed": len(self.index.records),
             },
+            "atlas": self.evidence.status(),
             "limits": {"max_upload_bytes": self.max_upload_bytes, "max_upload_pixels": self.max_upload_pixels},
             "timeline": TIMELINE,
             "human_top5_error": HUMAN_TOP5_ERROR,
@@ -818,6 +840,10 @@ class Engine:
             idx.error = str(exc)
         finally:
             idx.ready.set()
+
+    def start_atlas(self) -> threading.Thread:
+        """Load or build the unit atlas and probes of these weights in the background."""
+        return self.evidence.start_atlas()
 
     def start_index(self) -> threading.Thread:
         t = threading.Thread(target=self.build_index, name="fc7-index", daemon=True)
