@@ -414,7 +414,7 @@ class Engine:
                     "truncated": "the image is truncated",
                     "too_large": f"the image has too many pixels (limit {self.max_upload_pixels:,})",
                 }.get(exc.reason, "the image could not be decoded")
-                raise ExplorerError(status, f"{what} ({exc.reason})") from None
+                raise ExplorerError(status, what) from None  # the words, not the internal reason code
             return resize_center_crop(arr, s)
 
     # ------------------------------------------------------------------ model
