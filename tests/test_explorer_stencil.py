@@ -56,7 +56,7 @@ def _png(size: int, seed: int) -> bytes:
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(checkpoint, data): alexnet_small, random weights, no norm layer, on synthetic shapes."""
     from alexnet.data import synth
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
 
     tmp = tmp_path_factory.mktemp("stencil")
     data = synth.generate(tmp / "data", num_classes=4, train_per_class=3, val_per_class=2, size=40, workers=1)
@@ -111,7 +111,7 @@ def test_conv1_stencil_is_the_real_activation(client: TestClient, small: tuple[P
     image_id = client.get("/api/gallery").json()["images"][1]["id"]
     model, meta = load_model(small[0])
     split, index = image_id.split("-")
-    from alexnet.data.folder import open_dataset
+    from alexnet.data import open_dataset
 
     img, _ = open_dataset(small[1], split, image_size=meta.image_size)[int(index)]
     with torch.no_grad():
@@ -261,7 +261,7 @@ def test_stencil_in_chromium(server: str, small: tuple[Path, Path], tmp_path: Pa
                 np.testing.assert_allclose(values.reshape(fmap.shape), fmap, rtol=1e-4, atol=1e-4)
                 # ...and that is the model's own conv1 activation (after its ReLU).
                 model, meta = load_model(small[0])
-                from alexnet.data.folder import open_dataset
+                from alexnet.data import open_dataset
 
                 split, index = image_id.split("-")
                 img, _ = open_dataset(small[1], split, image_size=meta.image_size)[int(index)]
