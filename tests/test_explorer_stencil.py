@@ -55,8 +55,7 @@ def _png(size: int, seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(checkpoint, data): alexnet_small, random weights, no norm layer, on synthetic shapes."""
-    from alexnet.data import synth
-    from alexnet.data import open_dataset
+    from alexnet.data import open_dataset, synth
 
     tmp = tmp_path_factory.mktemp("stencil")
     data = synth.generate(tmp / "data", num_classes=4, train_per_class=3, val_per_class=2, size=40, workers=1)

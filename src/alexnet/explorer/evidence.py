@@ -392,6 +392,7 @@ class Evidence:
                     "max": round(float(v.max()), 6),
                     "min": round(float(v.min()), 6),
                     "params": amap.params,
+                    "compute_seconds": round(amap.seconds, 4),  # when it was computed (this request or an earlier one)
                 }
             rows.append(row)
         return {

@@ -1249,7 +1249,7 @@ async function runExplain() {
     $("explain-cam").src = t.gradcam.overlay;
     $("explain-cam").alt = `Grad-CAM map for “${t.name}”`;
     $("explain-cam-cap").textContent = `Grad-CAM at ${t.gradcam.params.layer}`;
-    meta.textContent = `“${t.name}”: the model gives it ${pct(t.prob)}. Occlusion took ${r.seconds.occlusion.toFixed(2)} s, Grad-CAM ${r.seconds.gradcam.toFixed(2)} s on the server (cached afterwards).`;
+    meta.textContent = `“${t.name}”: the model gives it ${pct(t.prob)}. Computing the maps took ${t.occlusion.compute_seconds.toFixed(2)} s (occlusion) and ${t.gradcam.compute_seconds.toFixed(2)} s (Grad-CAM) on the server; this answer took ${(r.seconds.occlusion + r.seconds.gradcam).toFixed(2)} s (maps are cached).`;
   } catch (err) {
     if (token === state.token) meta.textContent = `Attribution unavailable: ${err.message}`;
   } finally {
