@@ -358,3 +358,50 @@ def test_keyboard_reveal_and_a_conv3_tile_shows_its_top_patches(server, tiny) ->
             assert not problems, problems
         finally:
             browser.close()
+
+
+# --------------------------------------------------------------------------- an ImageNet model without a dataset
+
+
+def _imagenet_engine():
+    from alexnet.checkpoint import imagenet_meta
+    from alexnet.explorer.engine import Engine
+
+    meta = imagenet_meta("alexnet_owt", 1000)
+    torch.manual_seed(0)
+    return Engine(meta.build(), meta, None, gallery_size=3)
+
+
+def test_imagenet_gallery_offers_scikit_image_photos_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With scikit-image (faked here: it is not installed), its photos are the gallery; they are
+    served and analysed like any image. Without it, the gallery is empty and says why."""
+    import sys
+    import types
+
+    rng = np.random.default_rng(0)
+    photos = {"chelsea": rng.integers(0, 255, (300, 451, 3), dtype=np.uint8),
+              "coffee": rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)}
+    data = types.ModuleType("skimage.data")
+    for name, arr in photos.items():
+        setattr(data, name, lambda arr=arr: arr)
+    data.astronaut = lambda: (_ for _ in ()).throw(OSError("not downloaded"))  # one that fails is skipped
+    pkg = types.ModuleType("skimage")
+    pkg.data = data
+    monkeypatch.setitem(sys.modules, "skimage", pkg)
+    monkeypatch.setitem(sys.modules, "skimage.data", data)
+    eng = _imagenet_engine()
+    assert [g["id"] for g in eng.gallery_items()] == ["sample-chelsea", "sample-coffee"]
+    assert eng.info()["gallery_source"] == "scikit-image"
+    jpeg = Image.open(io.BytesIO(eng.image_jpeg("sample-coffee")))
+    assert jpeg.size == (256, 256)
+    a = eng.analyse_id("sample-chelsea")
+    assert a.true_index is None and a.probs.shape == (1000,)
+    from alexnet.errors import ExplorerError
+
+    for bad in ("sample-astronaut", "sample-../x", "sample-"):
+        with pytest.raises(ExplorerError):
+            eng.analyse_id(bad)
+    monkeypatch.setitem(sys.modules, "skimage", None)  # not installed: skipped, and said so
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    bare = _imagenet_engine()
+    assert bare.gallery_items() == [] and "scikit-image" in bare.info()["gallery_note"]

@@ -217,7 +217,7 @@ def create_app(
 
     app = FastAPI(
         title="AlexNet explorer",
-        summary="The deep learning revolution, computed live by a trained AlexNet.",
+        summary=f"The deep learning revolution, computed live by the loaded network: {eng.meta.describe()}.",
         description="Images are addressed by id (`val-12`, `train-3`, or `upload-<hash>` for a recent "
         "upload). Uploads go as multipart/form-data in a field named `file`; errors are JSON "
         "`{\"detail\": ...}` with a 4xx status.",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 import re
 import threading
@@ -30,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from alexnet.checkpoint import ModelMeta, load_model
@@ -38,6 +36,15 @@ from alexnet.data.decode import DecodeError, decode_image, encode_jpeg, resize_c
 from alexnet.data.sampling import spaced_indices
 from alexnet.devices import resolve_device
 from alexnet.errors import ExplorerError
+from alexnet.explorer.common import (  # re-exported: the engine's public helpers live in common
+    Analysis,
+    _upscale,
+    data_url,
+    heatmap_rgb,
+    jpeg_url,
+    overlay,
+    png_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,62 +81,10 @@ ALLOWED_CONTENT_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/webp", "image/bmp"}
 )
 _ID_RE = re.compile(r"(val|train)-([0-9]{1,9})")  # used with fullmatch: no trailing newline slips through
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _colormap_lut(name: str = "inferno") -> np.ndarray:
-    """[256, 3] uint8 lookup table of a perceptually uniform colormap."""
-    from matplotlib import colormaps
-
-    return (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
-
-
-_LUT: np.ndarray | None = None
-
-
-def heatmap_rgb(values: np.ndarray) -> np.ndarray:
-    """A non-negative map [H, W] -> uint8 RGB [H, W, 3], scaled by its own maximum."""
-    global _LUT
-    if _LUT is None:
-        _LUT = _colormap_lut()
-    peak = float(values.max()) if values.size else 0.0
-    scaled = values / peak if peak > 0 else np.zeros_like(values)
-    return _LUT[np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)]
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
-def jpeg_url(rgb: np.ndarray) -> str:
-    """Photographic pictures (the input, overlays) as JPEG: a fraction of the PNG's size."""
-    return data_url(encode_jpeg(rgb, quality=88), "image/jpeg")
-
-
-def _upscale(rgb: np.ndarray, min_side: int) -> np.ndarray:
-    """Nearest-neighbour enlargement by an integer factor, so tiny maps stay crisp in any browser."""
-    factor = max(1, -(-min_side // max(rgb.shape[:2])))
-    return rgb.repeat(factor, 0).repeat(factor, 1) if factor > 1 else rgb
-
-
-def overlay(image: np.ndarray, values: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """Heat map of ``values`` (any size) laid over a greyed ``image`` [H, W, 3]."""
-    h, w = image.shape[:2]
-    peak = float(values.max()) if values.size else 0.0
-    v = (values / peak if peak > 0 else np.zeros_like(values)).astype(np.float32)
-    v = np.asarray(Image.fromarray(v, mode="F").resize((w, h), Image.BILINEAR))
-    heat = heatmap_rgb(v).astype(np.float32)
-    grey = image.astype(np.float32).mean(axis=2, keepdims=True) * 0.55
-    weight = alpha * np.clip(v, 0, 1)[..., None] ** 0.5
-    return (grey * (1 - weight) + heat * weight).clip(0, 255).astype(np.uint8)
+_SAMPLE_RE = re.compile(r"sample-([a-z_]{1,32})")
+# scikit-image's bundled colour photos (skimage.data), offered as the gallery of an ImageNet
+# model when no dataset is given: real photos, but of no known label and not from ImageNet.
+SAMPLE_PHOTOS: tuple[str, ...] = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -179,20 +134,6 @@ def class_balanced(ds: Any, m: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- analysis
-
-
-@dataclass
-class Analysis:
-    """One forward pass over one image, rendered for the page."""
-
-    id: str
-    name: str
-    true_index: int | None  # index into the model's classes, when the label is known
-    crop: str  # data URL of the input patch the network saw (before normalisation)
-    layers: dict[str, dict[str, Any]]  # per conv layer: shape, strongest channels, summary overlay
-    probs: np.ndarray  # [num_classes]
-    fc7: np.ndarray  # [D] float32 for retrieval
-    image: np.ndarray | None = None  # uint8 [S, S, 3] as decoded: the stencil re-runs conv1/conv2 on it
 
 
 @dataclass
@@ -296,8 +237,14 @@ class Engine:
         self._kernels: dict[str, Any] | None = None
         self._anatomy: dict[str, Any] | None = None
         self._conv_io: OrderedDict[tuple[str, str], tuple[dict[str, Any], Tensor, Tensor, Tensor]] = OrderedDict()
+        self.samples: dict[str, np.ndarray] = {}  # scikit-image's example photos, by name
+        self.gallery_source: str | None = None
+        self.gallery_note: str | None = None
         if self.data is not None:
             self._open_data(gallery_size)
+            self.gallery_source = "dataset"
+        elif _is_imagenet(meta):
+            self._open_samples(gallery_size)
         if "train" not in self.splits:
             self.index.ready.set()  # nothing to index: neighbours are simply unavailable
         self._index_size = index_size
@@ -334,6 +281,42 @@ class Engine:
         ds = self.splits[split]
         self.gallery = [self._record(split, i) for i in class_balanced(ds, gallery_size)]
 
+    def _open_samples(self, gallery_size: int) -> None:
+        """scikit-image's example photos as the gallery (an optional extra: without the package, none)."""
+        try:
+            from skimage import data as skdata
+        except ImportError:
+            self.gallery_note = ("no dataset was given, and scikit-image (whose example photos would be offered "
+                                 "here) is not installed: upload an image, or pip install scikit-image")
+            return
+        s = self.meta.image_size
+        for name in SAMPLE_PHOTOS[:gallery_size]:
+            try:
+                arr = np.asarray(getattr(skdata, name)())
+            except Exception as exc:  # a photo the installed version lacks or cannot fetch: skip it
+                log.info("skimage.data.%s unavailable: %s", name, exc)
+                continue
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, axis=2)
+            if arr.ndim != 3 or arr.shape[2] < 3:
+                continue
+            if arr.dtype != np.uint8:
+                arr = (np.clip(arr.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.uint8) if arr.max() <= 1 else np.clip(arr, 0, 255).astype(np.uint8)
+            self.samples[name] = resize_center_crop(np.ascontiguousarray(arr[..., :3]), s)
+            self.gallery.append(ImageRecord(f"sample-{name}", "sample", len(self.gallery), -1, "", name.replace("_", " ")))
+        if self.samples:
+            self.gallery_source = "scikit-image"
+            self.gallery_note = "example photos from scikit-image (skimage.data): real photos, but unlabelled and not from ImageNet"
+
+    def _sample(self, image_id: str) -> np.ndarray | None:
+        """The example photo ``sample-<name>``, None for any other kind of id, 404 for an unknown one."""
+        m = _SAMPLE_RE.fullmatch(image_id or "")
+        if not (image_id or "").startswith("sample-"):
+            return None
+        if m is None or m.group(1) not in self.samples:
+            raise ExplorerError(404, f"no image {image_id[:60]!r}")
+        return self.samples[m.group(1)]
+
     def _record(self, split: str, index: int, label: int | None = None) -> ImageRecord:
         ds = self.splits[split]
         if label is None:
@@ -369,6 +352,9 @@ class Engine:
 
         Only dataset items addressed by index are served: no part of the request becomes a path.
         """
+        sample = self._sample(image_id)
+        if sample is not None:
+            return encode_jpeg(sample, quality=90)
         split, index = self.parse_id(image_id)
         key = f"{split}-{index}"
         with self._cache_lock:
@@ -536,6 +522,10 @@ class Engine:
             if hit is None:
                 raise ExplorerError(404, "this upload is no longer cached; upload the file again")
             return hit
+        sample = self._sample(image_id)
+        if sample is not None:
+            name = image_id.removeprefix("sample-").replace("_", " ")
+            return self._cached(image_id, lambda: self._analyse(image_id, name, sample, None))
         split, index = self.parse_id(image_id)
 
         def make() -> Analysis:
@@ -778,6 +768,8 @@ class Engine:
             "layers": [{"layer": name, "role": r[0], "description": r[1]} for name, r in LAYER_ROLES.items()],
             "data": None if self.data is None else self.data.name,
             "gallery_size": len(self.gallery),
+            "gallery_source": self.gallery_source,
+            "gallery_note": self.gallery_note,
             "top_channels": self.top_channels,
             "neighbors": {
                 "available": "train" in self.splits,
@@ -849,6 +841,15 @@ class Engine:
         t = threading.Thread(target=self.build_index, name="fc7-index", daemon=True)
         t.start()
         return t
+
+
+def _is_imagenet(meta: ModelMeta) -> bool:
+    """True for a model over ImageNet's 1000 synsets (torchvision's weights, an ImageNet run)."""
+    if meta.num_classes != 1000:
+        return False
+    from alexnet.data.imagenet import IMAGENET_SYNSETS
+
+    return list(meta.classes) == list(IMAGENET_SYNSETS)
 
 
 def _f32(t: Tensor) -> dict[str, Any]:

@@ -29,23 +29,45 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from alexnet.checkpoint import ModelMeta
 from alexnet.errors import AlexNetError, ExplorerError
+from alexnet.explorer.common import (
+    Analysis,
+    _upscale,
+    data_url,
+    heatmap_rgb,
+    jpeg_url,
+    overlay,
+    png_bytes,
+)
 
-if TYPE_CHECKING:  # the engine imports this module; only its type is needed here
+if TYPE_CHECKING:
     from alexnet.analysis.atlas import Atlas
-    from alexnet.explorer.engine import Analysis, Engine
 
 log = logging.getLogger(__name__)
 
 CONV_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
 FC_LAYERS: tuple[str, ...] = ("fc6", "fc7", "fc8")
 METHODS: tuple[str, ...] = ("occlusion", "gradcam")
+
+
+class Engine(Protocol):
+    """What this module uses of :class:`alexnet.explorer.engine.Engine` (which owns an
+    :class:`Evidence`; typed structurally so the two modules do not import each other)."""
+
+    model: nn.Module
+    meta: ModelMeta
+    device: torch.device
+    data: Path | None
+    splits: dict[str, Any]
+
+    def _forward_one(self, image: np.ndarray, layers: Any) -> dict[str, Tensor]: ...
 
 
 class AtlasJob:
@@ -210,14 +232,6 @@ class Evidence:
 
     def unit(self, a: Analysis, layer: str, channel: int) -> dict[str, Any]:
         """One channel: its activation map on this image, enlarged, and its top training patches."""
-        from alexnet.explorer.engine import (
-            _upscale,
-            data_url,
-            heatmap_rgb,
-            jpeg_url,
-            overlay,
-            png_bytes,
-        )
 
         if layer not in CONV_LAYERS:
             raise ExplorerError(404, f"unknown layer {layer!r}; choose from {list(CONV_LAYERS)}")
@@ -352,8 +366,8 @@ class Evidence:
     def attribution(self, a: Analysis, targets: list[int] | None, methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
         """Occlusion and/or Grad-CAM maps of one image for each class in ``targets`` (default:
         the model's answer), computed in one batch per method and cached by the attributor."""
-        from alexnet.analysis.attribution import Attributor, default_window, overlay
-        from alexnet.explorer.engine import _upscale, jpeg_url
+        from alexnet.analysis.attribution import Attributor, default_window
+        from alexnet.analysis.attribution import overlay as attribution_overlay
 
         n = self.engine.meta.num_classes
         chosen = list(dict.fromkeys(targets or [int(np.argmax(a.probs))]))
@@ -388,7 +402,7 @@ class Evidence:
                 amap = results[m][i]
                 v = amap.values
                 row[m] = {
-                    "overlay": jpeg_url(_upscale(overlay(crop, v).permute(1, 2, 0).numpy(), 224)),
+                    "overlay": jpeg_url(_upscale(attribution_overlay(crop, v).permute(1, 2, 0).numpy(), 224)),
                     "max": round(float(v.max()), 6),
                     "min": round(float(v.min()), 6),
                     "params": amap.params,
@@ -422,7 +436,6 @@ class Evidence:
     def featvis(self, layer: str, unit: int) -> dict[str, Any]:
         """The input that maximises ``unit`` of ``layer`` (conv: channel mean; fc: the unit), cached."""
         from alexnet.analysis.featvis import cached_visualisation
-        from alexnet.explorer.engine import _upscale, data_url, png_bytes
 
         model = self.engine.model
         names = list(getattr(model, "layer_names", ()))

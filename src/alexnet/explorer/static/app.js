@@ -590,7 +590,7 @@ async function loadAnatomy() {
   $("anatomy-layers").replaceChildren(...buttons);
   const t = a.totals;
   const [, h, w] = a.input_shape;
-  $("anatomy-totals").textContent = `${a.model}, ${h}×${w}×3 input: ${fmt(t.neurons)} neurons (${fmt(t.conv_neurons)} in the conv layers) · `
+  $("anatomy-totals").textContent = `${state.info?.describe || a.model}. ${h}×${w}×3 input: ${fmt(t.neurons)} neurons (${fmt(t.conv_neurons)} in the conv layers) · `
     + `${fmt(t.params)} parameters · ${fmt(t.connections)} connections (multiply-adds per image: conv ${fmt(t.conv_connections)} + fc ${fmt(t.fc_connections)}). `
     + "Bars: each layer's share of the connections.";
   showLayer(0);
@@ -1321,7 +1321,8 @@ async function init() {
 
   const { images } = await api("/api/gallery");
   state.gallery = images;
-  $("gallery-empty").hidden = images.length > 0;
+  $("gallery-empty").hidden = images.length > 0 && info.gallery_source === "dataset";
+  if (info.gallery_note) $("gallery-empty").textContent = `${info.gallery_note[0].toUpperCase()}${info.gallery_note.slice(1)}.`;
   $("gallery").replaceChildren(...images.map((g) => el("li", {},
     (() => {
       const b = el("button", { type: "button", "data-id": g.id, "aria-pressed": "false", title: g.name },
