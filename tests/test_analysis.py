@@ -3,8 +3,6 @@ kernels drawn per tower, and graceful handling of damaged run directories."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import re
 import shutil
@@ -68,18 +66,44 @@ def test_report_pngs_are_real_images_of_the_expected_size(report: Path, tiny_run
     assert _png_size(out / "retrieval.png") == (round(100 * (1.6 * 7 + 0.4)), round(100 * (1.7 * 8 + 0.3)))
 
 
-def test_report_html_is_self_contained(report: Path) -> None:
+def test_report_html_links_its_figures_with_real_alt_text(report: Path) -> None:
     page = report.read_text()
     assert page.startswith("<!doctype html>")
-    sources = re.findall(r'src="([^"]+)"', page)
-    assert len(sources) == len(list(report.parent.glob("*.png"))) == 6
-    for src in sources:  # every image embedded, and each decodes as a PNG
-        assert src.startswith("data:image/png;base64,")
-        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    assert len(page.encode()) < 100_000  # figures linked, not embedded (the embedded page was 2.4 MB)
+    images = re.findall(r"<img [^>]*>", page)
+    sources = [re.search(r'src="([^"]+)"', i).group(1) for i in images]
+    assert sorted(sources) == sorted(p.name for p in report.parent.glob("*.png")) and len(sources) == 7
+    for tag, src in zip(images, sources, strict=True):  # each a PNG beside the page, described in words
+        Image.open(report.parent / src).verify()
+        alt = re.search(r'alt="([^"]+)"', tag).group(1)
+        assert len(alt.split()) >= 12 and alt != Path(src).stem, alt
     assert "http://" not in page and "https://" not in page
-    for section in ("Training curves", "conv1 kernels", "Retrieval", "Top-5", "Confusion", "ImageNet"):
+    for section in ("Training curves", "conv1 kernels", "What the units respond to", "Retrieval", "Top-5",
+                    "Confusion", "ImageNet"):
         assert section in page
     assert "not the 1000 ILSVRC classes" in page  # a 4-class run is not placed on the timeline
+    # A single-column model's kernels are not called the paper's two-tower Figure 3.
+    assert "Figure 3" not in page and "single-column" in page
+
+
+def test_kernel_caption_speaks_of_towers_only_where_there_are_towers(tmp_path: Path) -> None:
+    from alexnet.analysis.report import _kernel_section
+
+    paper = _kernel_section(create_model("alexnet"), tmp_path / "paper.png")
+    assert "Figure 3" in paper.title and "tower A" in paper.html and "96 kernels of 11x11x3" in paper.title
+    owt = _kernel_section(create_model("alexnet_owt"), tmp_path / "owt.png")
+    assert "Figure 3" not in owt.title and not owt.html and "64 learned 11x11x3" in owt.title
+
+
+def test_report_unit_atlas_figure_is_stored_with_the_run(report: Path) -> None:
+    run = report.parent.parent
+    assert list((run / "analysis").glob("*/atlas/atlas.json"))  # built once, kept with the run
+    page = report.read_text()
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        assert f"<li>{layer}: of " in page  # the measured caption of every layer
+    assert "What each layer already knows" in page and "<td>fc7</td>" in page and "Out-of-class check" in page
+    with Image.open(report.parent / "unit_atlas.png") as im:
+        assert im.size[0] > 600 and im.size[1] > 600
 
 
 def test_report_evaluation_json_matches_the_run(report: Path) -> None:
@@ -179,7 +203,7 @@ def test_demo_writes_the_report(tiny_run: TinyRun, tmp_path: Path, capsys) -> No
              overrides={"epochs": 1, "batch_size": 16, "tensorboard": False, "progress": False, "num_workers": 0})
     assert f"report: {out / 'report' / 'report.html'}" in capsys.readouterr().out
     assert _png_size(out / "report" / "training_curves.png") == FIGURES["training_curves.png"]
-    assert len(re.findall(r'src="data:image/png;base64,', (out / "report" / "report.html").read_text())) == 6
+    assert len(re.findall(r"<img ", (out / "report" / "report.html").read_text())) == 7
 
 
 def test_only_imagenet_runs_go_on_the_timeline(tiny_run: TinyRun) -> None:
@@ -206,3 +230,12 @@ def test_report_without_config_needs_data(tiny_run: TinyRun, tmp_path: Path) -> 
     page = write_report(run, data=tiny_run.data, device="cpu", num_queries=2, max_eval=6, max_index=20).read_text()
     assert "top-1 error" in page and "Retrieval" in page
     assert json.loads((run / "report" / "evaluation.json").read_text())["num_images"] == 6
+
+
+def test_training_curves_share_one_epoch_axis() -> None:
+    """Logged steps sit at their fraction of the epoch, so every panel has the same x-axis."""
+    records = [{"kind": "epoch", "epoch": 1, "step": 10}, {"kind": "epoch", "epoch": 2, "step": 30},
+               {"kind": "epoch", "epoch": 3, "step": 40, "partial": True}]
+    to_epoch = plots._epoch_axis(records)
+    assert [to_epoch(s) for s in (0, 5, 10, 20, 30, 40)] == [0, 0.5, 1, 1.5, 2, 2.5]
+    assert plots._epoch_axis([{"kind": "step", "step": 3}]) is None

@@ -6,12 +6,28 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import test_analysis_support as support
+import torch
+from PIL import Image
 from test_data_download import _Server
 
 from alexnet.cli import main
 from alexnet.errors import ChecksumError
 from alexnet.pretrained import WEIGHTS, download_weights, weights_path
+
+torchvision_weights = support.torchvision_weights
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: with two threads on a shared 2-core machine each op waits on the
+    other thread far longer than it computes (measured: 2.7 ms vs 4 us per small softmax)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 BODY = bytes(range(256)) * 4096  # 1 MiB: a stand-in, the real file is 233 MiB
 DIGEST = hashlib.sha256(BODY).hexdigest()
@@ -66,3 +82,49 @@ def test_cli_weights(server, tmp_path: Path, capsys) -> None:
     assert "digest verified, but it does not load" in capsys.readouterr().err
     assert main(["weights", "list", "--dir", str(tmp_path)]) == 0
     assert "downloaded: " in capsys.readouterr().out
+
+
+def test_example_photos_are_optional(monkeypatch) -> None:
+    """Without scikit-image (the [examples] extra) there are simply no example photos."""
+    import builtins
+
+    from alexnet.analysis.examples import EXAMPLES, example_photos
+    from alexnet.data.imagenet import IMAGENET_SYNSETS
+
+    real_import = builtins.__import__
+
+    def no_skimage(name, *args, **kwargs):
+        if name == "skimage" or name.startswith("skimage."):
+            raise ImportError("No module named 'skimage'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_skimage)
+    assert example_photos() == []
+    monkeypatch.undo()
+    known = set(IMAGENET_SYNSETS)
+    assert all(s in known for _, _, expected in EXAMPLES for s in expected)  # real ILSVRC classes
+    for photo in example_photos():  # where scikit-image is installed: real uint8 RGB photos
+        assert photo.image.dtype == torch.uint8 and photo.image.shape[0] == 3
+
+
+def test_torchvision_layout_weights_work_with_atlas_explain_and_evaluate(torchvision_weights: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    """A file shaped like torchvision's alexnet weights (random values) through the commands."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for split, n in (("train", 3), ("val", 2)):
+        for synset in ("n01440764", "n02123045"):
+            folder = data / split / synset
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    common = ["--checkpoint", str(torchvision_weights), "--device", "cpu"]
+    assert main(["atlas", *common, "--data", str(data), "--cache", str(tmp_path / "cache"), "--workers", "0",
+                 "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "alexnet_owt" in out and "conv5: of" in out and "receptive field 163 px" in out
+    image = next((data / "val").rglob("*.jpg"))
+    assert main(["explain", *common, str(image), "--cache", str(tmp_path / "cache"), "--class", "tabby"]) == 0
+    out = capsys.readouterr().out
+    assert "gradcam for 'tabby'" in out and "only knows these 1000 classes" in out
+    assert main(["evaluate", *common, "--data", str(data), "--workers", "0"]) == 0

@@ -33,9 +33,11 @@ units of the layer, i.e. what the numbers would be if the top patches had nothin
 image positions, feature-map locations, labels, patches, unit statistics; the probes) and
 ``atlas.json`` (model, weights digest, data, sample size, receptive fields, summaries,
 probe accuracies, the out-of-class calibration). The model cache
-(:func:`model_cache_dir`) is ``<data home>/analysis/<first 16 hex of the weights'
-SHA-256>/``, the place for everything computed from one set of weights (the fc7 neighbour
-index belongs beside it, in ``fc7-index/``). :func:`ensure_atlas` builds once and reuses.
+(:func:`model_cache_dir`) is ``<root>/<first 16 hex of the weights' SHA-256>/``, the place
+for everything computed from one set of weights (the fc7 neighbour index belongs beside
+it, in ``fc7-index/``); the root (:func:`cache_root`) is ``RUN/analysis`` for a model in a
+run directory and ``<data home>/analysis`` otherwise. :func:`ensure_atlas` builds once
+and reuses.
 """
 
 from __future__ import annotations
@@ -149,6 +151,20 @@ def cut_patch(image: Tensor, rf: ReceptiveField, y: int, x: int) -> Tensor:
     return patch
 
 
+def mosaic(patches: Tensor, side: int = 40, cols: int = 3, gap: int = 1) -> Tensor:
+    """uint8 ``[K, 3, P, P]`` -> one uint8 ``[3, H, W]`` picture: the patches upscaled (nearest)
+    to ``side`` px, ``cols`` per row, separated by ``gap`` px of white."""
+    k, p = patches.shape[0], patches.shape[-1]
+    rows = math.ceil(k / cols)
+    out = torch.full((3, rows * side + (rows - 1) * gap, cols * side + (cols - 1) * gap), 255, dtype=torch.uint8)
+    idx = torch.arange(side) * p // side
+    for i in range(k):
+        r, c = divmod(i, cols)
+        top, left = r * (side + gap), c * (side + gap)
+        out[:, top : top + side, left : left + side] = patches[i][:, idx][:, :, idx]
+    return out
+
+
 def _resize(patch: Tensor, side: int) -> Tensor:
     if patch.shape[-1] == side:
         return patch
@@ -251,8 +267,8 @@ class LayerAtlas:
 
     name: str
     rf: ReceptiveField
-    values: Tensor  # float32 [C, K], descending; 0 for a unit that never fired
-    images: Tensor  # int64 [C, K]: positions in the dataset (-1: no hit)
+    values: Tensor  # float32 [C, K], descending; 0 where the unit did not fire (no hit)
+    images: Tensor  # int64 [C, K]: positions in the dataset (-1: no hit: the unit was 0 on every other image)
     locations: Tensor  # int64 [C, K, 2]: (y, x) in the stage's feature map
     labels: Tensor  # int64 [C, K]: dataset labels of those images (-1: no hit)
     patches: Tensor  # uint8 [C, K, 3, P, P]
@@ -276,6 +292,13 @@ class LayerAtlas:
         ]
         return {"layer": self.name, "channel": channel, "hits": hits,
                 **{k: float(v[channel]) for k, v in self.unit_stats.items()}}
+
+    def mosaic(self, channel: int, side: int = 40, cols: int = 3, gap: int = 1) -> Tensor:
+        """The channel's top patches as one uint8 ``[3, H, W]`` picture (white gaps), each
+        patch upscaled by nearest neighbour to ``side`` px: the tile the page and the report show."""
+        if not 0 <= channel < self.channels:
+            raise EvaluationError(f"{self.name} has {self.channels} channels; no channel {channel}")
+        return mosaic(self.patches[channel], side, cols, gap)
 
     def showcase(self, n: int) -> list[int]:
         """``n`` channels for a figure: evenly spaced over the live channels in index order
@@ -306,13 +329,17 @@ class Atlas:
             f"their top {la.values.shape[1]} images come {s['purity']:.0%} from one class on average. "
             f"Unrelated patches would give {b['oriented_edge'] + b['colour_edge']:.0%} oriented, "
             f"{b['colour_blob']:.0%} colour blobs, {b['purity']:.0%} one class "
-            f"(receptive field {la.rf.size} px; {n:,} training images)."
+            f"(receptive field {la.rf.size} px{self._beyond(la)}; {n:,} training images)."
         )
         if self.probes is not None and layer in self.probes.probes:
             p = self.probes.probes[layer]
             if math.isfinite(p.val_accuracy):
                 text += f" A linear probe on its pooled channels names the class of {p.val_accuracy:.0%} of validation images."
         return text
+
+    def _beyond(self, la: LayerAtlas) -> str:
+        side = self.info.get("input_size")
+        return f", more than the {side} px input" if side and la.rf.size > side else ""
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the tensors: for the page's captions (``/api/atlas``)."""
@@ -420,9 +447,16 @@ class _TopK:
 def _features_pass(
     model: nn.Module, meta: ModelMeta, dataset: Any, positions: list[int], *, layers: Sequence[str],
     top: dict[str, _TopK] | None, pooled_layers: Sequence[str], keep_probs: bool, batch_size: int,
-    device: torch.device, num_workers: int | None, progress: str | None,
+    device: torch.device, num_workers: int | None, progress: str | None, keep: Sequence[int] | None = None,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor | None, dict[str, tuple[int, int]]]:
-    """One pass: updates ``top``, returns (pooled features per layer, labels, softmax or None, map sizes)."""
+    """One pass: updates ``top``, returns (pooled features, labels, softmax or None, map sizes).
+
+    Features, labels and softmax are kept only for the items ``keep`` (indices into
+    ``positions``; None: all), so a 50k-image pass holds fc6/fc7 vectors of the probe
+    subset alone."""
+    kept = None if keep is None else torch.zeros(len(positions), dtype=torch.bool)
+    if kept is not None:
+        kept[list(keep)] = True
     from torch.utils.data import Subset
 
     transform = meta.eval_transform().to(device)
@@ -440,17 +474,18 @@ def _features_pass(
             x = transform(fit_images(images.to(device), meta.image_size))
             acts = model.forward_layers(x, wanted)
             pos = torch.tensor(positions[done : done + len(y)], dtype=torch.int64)
+            rows = slice(None) if kept is None else kept[done : done + len(y)].to(x.device)
             done += len(y)
             if top is not None:
                 for name in layers:
                     top[name].update(acts[name], pos)
                     shapes[name] = tuple(acts[name].shape[-2:])
             for name in pooled_layers:
-                feats[name].append(pooled(acts[name]).cpu())
+                feats[name].append(pooled(acts[name][rows]).cpu())
             if keep_probs:
-                probs.append(F.softmax(acts["fc8"].float(), 1).cpu())
-            labels.append(y)
-    if not labels:
+                probs.append(F.softmax(acts["fc8"][rows].float(), 1).cpu())
+            labels.append(y[rows.cpu() if isinstance(rows, Tensor) else rows])
+    if not done:
         raise EvaluationError("the dataset has no images for the atlas")
     return ({k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels),
             torch.cat(probs) if keep_probs else None, shapes)
@@ -491,14 +526,15 @@ def build_atlas(
         raise EvaluationError("the training split has no images for the atlas")
     rfs = receptive_fields(model, meta.input_size)
     top = {name: _TopK(top_k) for name in CONV_LAYERS}
-    probe_pos = set(spaced_indices(len(positions), probe_images)) if probes else set()
+    probe_pos = spaced_indices(len(positions), probe_images) if probes else []
     pooled_layers = list(PROBE_LAYERS) if probes else []
     feats, labels, _, shapes = _features_pass(
         model, meta, train, positions, layers=CONV_LAYERS, top=top, pooled_layers=pooled_layers, keep_probs=False,
         batch_size=batch_size, device=device, num_workers=num_workers, progress="atlas" if progress else None,
+        keep=probe_pos,
     )
     # Patches: only the images that are someone's top hit, read again (at most C x K of them).
-    needed = sorted({int(i) for t in top.values() for i in t.images.flatten().tolist()})
+    needed = sorted({int(i) for t in top.values() for i in t.images[t.values > 0].tolist()})
     crops: dict[int, Tensor] = {}
     label_of: dict[int, int] = {}
     for i in needed:
@@ -518,6 +554,8 @@ def build_atlas(
         labs = torch.full((c, top_k), -1, dtype=torch.int64)
         for ch in range(c):
             for r in range(k):
+                if float(t.values[ch, r]) <= 0:  # never fired on the rest: no hit to show (stays -1, grey)
+                    break
                 i, flat = int(t.images[ch, r]), int(t.where[ch, r])
                 yx = divmod(flat, w)
                 patches[ch, r] = _resize(cut_patch(crops[i], rf, *yx), side)
@@ -540,20 +578,20 @@ def build_atlas(
             ood = OODCalibration.fit(val_probs)
             val_count = len(vpos)
         if probes:
-            keep = torch.tensor(sorted(probe_pos), dtype=torch.int64)
             classes = list(train.classes)
             names = list(getattr(train, "class_names", classes))
-            fitted = fit_probes({k: v[keep].to(device) for k, v in feats.items()}, labels[keep].to(device), classes, names,
+            fitted = fit_probes({k: v.to(device) for k, v in feats.items()}, labels.to(device), classes, names,
                                 None if val_feats is None else {k: v.to(device) for k, v in val_feats.items()},
                                 None if val_labels is None else val_labels.to(device))
             for p in fitted.probes.values():
                 p.mean, p.std, p.weight, p.bias = p.mean.cpu(), p.std.cpu(), p.weight.cpu(), p.bias.cpu()
     info = {
         "model": meta.model,
-        "describe": meta.describe(),
+        "options": {k: v for k, v in meta.options.items() if k != "devices"},
         "weights_sha256": weights_fingerprint(model),
         "classes": list(train.classes),
         "class_names": list(getattr(train, "class_names", train.classes)),
+        "input_size": meta.input_size,
         "sample": len(positions),
         "sample_requested": sample,
         "val_images": val_count,
@@ -568,6 +606,19 @@ def build_atlas(
 
 
 # --------------------------------------------------------------------------- the cache
+
+
+def cache_root(model_file: str | Path | None) -> Path:
+    """Where a model's derived artefacts are kept: ``RUN/analysis`` for a model inside a run
+    directory (they go with the run), else ``<data home>/analysis`` (e.g. downloaded weights)."""
+    from alexnet.runs import RunPaths
+
+    run = None if model_file is None else RunPaths.of(Path(model_file).resolve())
+    if run is not None:
+        return run.root / "analysis"
+    from alexnet.data.home import data_home
+
+    return data_home() / "analysis"
 
 
 def model_cache_dir(weights_sha256: str, root: str | Path | None = None) -> Path:
@@ -596,6 +647,11 @@ def load_atlas(model: nn.Module, root: str | Path | None = None) -> Atlas | None
     return atlas if atlas.info.get("weights_sha256") == digest else None
 
 
+def _enough(stored: int | None, wanted: int | None) -> bool:
+    """Whether an atlas built with sample ``stored`` (None: every image) serves a request for ``wanted``."""
+    return stored is None or (wanted is not None and stored >= wanted)
+
+
 def ensure_atlas(
     model: nn.Module,
     meta: ModelMeta,
@@ -608,15 +664,16 @@ def ensure_atlas(
     **build: Any,
 ) -> tuple[Atlas, bool]:
     """``(atlas, built)``: the stored atlas of these weights when there is one for the same
-    data and sample size, else a new one (built, saved, returned with ``built=True``)."""
+    data that looked at at least as many images, else a new one (built, saved, returned
+    with ``built=True``)."""
     if not rebuild:
         try:
             atlas = load_atlas(model, root)
         except IndexFormatError as exc:
             log.warning("%s; rebuilding", exc)
             atlas = None
-        if atlas is not None and (data is None or atlas.info.get("data") == data) and (
-            "sample" not in build or atlas.info.get("sample_requested") == build["sample"]
+        if atlas is not None and (data is None or atlas.info.get("data") == data) and _enough(
+            atlas.info.get("sample_requested"), build.get("sample", 5000)
         ):
             return atlas, False
     atlas = build_atlas(model, meta, train, val, **build)

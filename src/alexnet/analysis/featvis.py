@@ -104,7 +104,7 @@ def visualise(
 
     def image() -> Tensor:
         z = torch.view_as_complex(spectrum) * scale
-        pix = torch.fft.irfft2(z, s=(c, c), norm="ortho")  # [1, 3, c, c], decorrelated space
+        pix = torch.fft.irfft2(z, s=(c, c), norm="ortho") / 4.0  # [1, 3, c, c]; /4: Lucid's constant
         pix = torch.einsum("ij,bjhw->bihw", colour, pix)
         return torch.sigmoid(pix)
 

@@ -6,6 +6,7 @@ box, so the pixel size is predictable) and returns its path.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,50 +62,102 @@ def _hwc(image: Tensor | np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- training curves
 
 
-def _series(records: Sequence[dict[str, Any]], kind: str, key: str, x: str) -> tuple[list[float], list[float]]:
+def _epoch_axis(records: Sequence[dict[str, Any]]) -> Any:
+    """A function mapping a global step to a fractional epoch, from the epoch records' steps.
+
+    Epoch ``e`` (counted from 1) ends at the step its record carries; a step inside it is
+    placed linearly between the previous epoch's end and its own. Past the last recorded
+    epoch the last epoch's length is assumed. None when no epoch record has a step.
+    """
+    ends: dict[int, int] = {}
+    for r in records:
+        if r.get("kind") == "epoch" and not r.get("partial") and isinstance(r.get("epoch"), int) \
+                and isinstance(r.get("step"), int | float):
+            ends[int(r["epoch"])] = int(r["step"])  # a resumed run rewrites an epoch: the last wins
+    if not ends:
+        return None
+    marks = [(0, 0), *sorted((s, e) for e, s in ends.items())]
+    length = max(1, marks[-1][0] - marks[-2][0])
+
+    def to_epoch(step: float) -> float:
+        for (s0, e0), (s1, e1) in itertools.pairwise(marks):
+            if step <= s1:
+                return e0 + (e1 - e0) * (step - s0) / max(1, s1 - s0)
+        return marks[-1][1] + (step - marks[-1][0]) / length
+
+    return to_epoch
+
+
+def _series(records: Sequence[dict[str, Any]], kind: str, key: str, x: str, to_epoch: Any = None) -> tuple[list[float], list[float]]:
+    """(x, y) of ``key`` over the records of ``kind``; with ``to_epoch``, x is the record's
+    step converted to a fractional epoch (an epoch record sits at the end of its epoch)."""
     xs, ys = [], []
     for r in records:
         v = r.get(key)
-        if r.get("kind") == kind and isinstance(v, int | float) and math.isfinite(v) and r.get(x) is not None:
+        if r.get("kind") != kind or not isinstance(v, int | float) or not math.isfinite(v):
+            continue
+        if to_epoch is not None and isinstance(r.get("step"), int | float):
+            xs.append(float(to_epoch(r["step"])))
+        elif r.get(x) is not None:
             xs.append(float(r[x]))
-            ys.append(float(v))
+        else:
+            continue
+        ys.append(float(v))
     return xs, ys
 
 
 def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Loss, train/val top-1 and top-5 error, and the learning rate, from ``metrics.jsonl`` records.
 
-    Loss and learning rate are drawn per logged step (falling back to per epoch);
-    accuracies per epoch, as errors in percent like the paper's tables.
+    Every panel shares one x-axis, the epoch (logged steps placed at their fraction of
+    the epoch), so a point in one panel lines up with the same moment in the others.
+    Errors are in percent on a log axis, where the late, small improvements stay visible.
     """
     fig = _figure(15, 4.2)
-    ax_loss, ax_err, ax_lr = fig.subplots(1, 3)
-
+    ax_loss, ax_err, ax_lr = fig.subplots(1, 3, sharex=True)
+    to_epoch = _epoch_axis(records)
     steps = any(r.get("kind") == "step" for r in records)
-    kind, x = ("step", "step") if steps else ("epoch", "epoch")
-    xs, ys = _series(records, kind, "loss", x)
+    kind = "step" if steps else "epoch"
+    xlabel = "epoch" if to_epoch is not None or not steps else "step"
+
+    xs, ys = _series(records, kind, "loss", "step" if steps else "epoch", to_epoch)
     if xs:
-        ax_loss.plot(xs, ys, lw=1, alpha=0.8, label="train loss")
-    vx, vy = _series(records, "epoch", "val_loss", "step" if steps else "epoch")
+        ax_loss.plot(xs, ys, lw=1, alpha=0.8, label="train loss" + (" (logged steps)" if steps else ""))
+    vx, vy = _series(records, "epoch", "val_loss", "epoch", to_epoch)
     if vx:
         ax_loss.plot(vx, vy, "o-", lw=1.5, label="val loss")
-    ax_loss.set(title="loss", xlabel=x, ylabel="cross-entropy")
+    ax_loss.set(title="loss", xlabel=xlabel, ylabel="cross-entropy")
 
+    zero = []
     for key, style in (("train_top1", "C0--"), ("train_top5", "C1--"), ("val_top1", "C0o-"), ("val_top5", "C1o-")):
-        ex, ey = _series(records, "epoch", key, "epoch")
-        if ex:
-            ax_err.plot(ex, [100 * (1 - v) for v in ey], style, lw=1.5, ms=4, label=key.replace("_", " ") + " error")
-    ax_err.set(title="top-1 / top-5 error", xlabel="epoch", ylabel="error (%)")
+        ex, ey = _series(records, "epoch", key, "epoch", to_epoch)
+        pts = [(x, 100 * (1 - v)) for x, v in zip(ex, ey, strict=True) if v < 1]  # 0% error has no log position
+        label = key.replace("_", " ").replace("top", "top-") + " error"
+        if pts:
+            ax_err.plot([p[0] for p in pts], [p[1] for p in pts], style, lw=1.5, ms=4, label=label)
+        if len(pts) < len(ex):
+            zero.append(label)
+    ax_err.set(title="top-1 / top-5 error (log scale)", xlabel=xlabel, ylabel="error (%)")
+    if ax_err.lines:
+        from matplotlib.ticker import FuncFormatter, LogLocator
 
-    lx, ly = _series(records, kind, "lr", x)
+        ax_err.set_yscale("log")
+        ax_err.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax_err.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+        ax_err.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    if zero:
+        ax_err.text(0.02, 0.02, "0% at some epochs (not drawn on a log axis): " + ", ".join(zero),
+                    transform=ax_err.transAxes, fontsize=7, color="0.35", va="bottom")
+
+    lx, ly = _series(records, kind, "lr", "step" if steps else "epoch", to_epoch)
     if lx:
         ax_lr.plot(lx, ly, "C2", lw=1.5)
         if max(ly) > 0 and min(ly) > 0 and max(ly) / min(ly) > 20:
             ax_lr.set_yscale("log")
-    ax_lr.set(title="learning rate", xlabel=x, ylabel="lr")
+    ax_lr.set(title="learning rate", xlabel=xlabel, ylabel="lr")
 
     for ax in (ax_loss, ax_err, ax_lr):
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         if not ax.lines:
@@ -116,12 +169,16 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
 
 
 def plot_confusion(confusion: Tensor | np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
-    """Row-normalised confusion matrix (true class down, predicted across).
+    """Confusion matrix (true class down, predicted across) whose errors are visible.
 
-    Up to 30 classes are labelled and counted cell by cell; larger matrices (ImageNet's
-    1000 x 1000) are drawn as an image, where the diagonal and confused blocks still show.
-    Only classes that occur (rows with images) or are predicted are kept.
+    Colour: the share of the true class's images in each cell on a *log* scale, so a cell
+    holding 1% of a class shows as clearly as the diagonal's 90% (on a linear scale the
+    off-diagonal errors vanish); empty cells stay white. Up to 20 classes every non-empty
+    cell is labelled with its *count*; larger matrices (ImageNet's 1000 x 1000) are drawn as
+    an image. Only classes that occur or are predicted are kept.
     """
+    from matplotlib.colors import LogNorm
+
     cm = np.asarray(confusion, dtype=np.float64)
     used = np.flatnonzero((cm.sum(1) > 0) | (cm.sum(0) > 0))
     cm = cm[np.ix_(used, used)]
@@ -129,20 +186,30 @@ def plot_confusion(confusion: Tensor | np.ndarray, class_names: Sequence[str], p
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(used)
+    total, errors = int(cm.sum()), int(cm.sum() - np.trace(cm))
     fig = _figure(9, 8)
     ax = fig.subplots()
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    # The scale's floor: one image of the largest class, so a single error is always on the scale.
+    vmin = min(0.5, max(1e-4, 1.0 / max(1.0, float(rows.max()))))
+    shown = np.ma.masked_where(norm <= 0, norm)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+    im = ax.imshow(shown, cmap=cmap, norm=LogNorm(vmin=vmin, vmax=1.0), interpolation="nearest")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class's images (log scale)")
+    ticks = sorted({vmin, *(t * 10.0**e for e in range(-4, 1) for t in (1, 2, 5) if vmin * 1.2 <= t * 10.0**e <= 1.0)})
+    bar.set_ticks(ticks, labels=[f"{100 * t:.2g}%" for t in ticks])
+    bar.ax.minorticks_off()
     if n <= 30:
         ax.set_xticks(range(n), [s[:18] for s in names], rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(n), [s[:18] for s in names], fontsize=8)
-        if n <= 15:
-            for i in range(n):
-                for j in range(n):
-                    if cm[i, j]:
-                        color = "white" if norm[i, j] > 0.5 else "black"
-                        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({n} classes, rows normalised)")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    color = "black" if norm[i, j] > 0.3 else "white"
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7 if n > 12 else 9, color=color)
+    ax.set(xlabel="predicted", ylabel="true",
+           title=f"confusion matrix: {n} classes, {errors:,} of {total:,} images misclassified"
+           + (" (counts in the cells)" if n <= 20 else ""))
     return _save(fig, path)
 
 
@@ -262,4 +329,41 @@ def plot_timeline(path: str | Path, run_top5_error: float | None = None, run_lab
     ax.set_ylim(0, max(errors + ([100 * run_top5_error] if run_top5_error is not None else [])) * 1.12)
     ax.legend(loc="upper right", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- unit atlas
+
+
+def plot_unit_atlas(
+    layers: Sequence[tuple[str, Sequence[int], Tensor, str]],
+    path: str | Path,
+    side: int = 40,
+) -> Path:
+    """What the units respond to (in the style of Zeiler & Fergus 2014, Figure 2).
+
+    ``layers``: per conv layer ``(name, channels, patches [U, K, 3, P, P], note)``: one row
+    per layer, one 3 x 3 block of each shown unit's top-9 receptive-field patches, the
+    layer's name and ``note`` (its field size, measured summary) at the left.
+    """
+    from alexnet.analysis.atlas import mosaic
+
+    n_rows = len(layers)
+    n_cols = max((len(ch) for _, ch, _, _ in layers), default=1)
+    cell = 1.35
+    width, height = 2.3 + cell * n_cols, 0.35 + (cell + 0.25) * n_rows
+    fig = _figure(width, height, layout=None)
+    for r, (name, channels, patches, note) in enumerate(layers):
+        bottom = 1 - (0.35 + (cell + 0.25) * (r + 1)) / height
+        fig.text(0.1 / width, bottom + (cell * 0.6) / height, name, fontsize=12, weight="bold", va="bottom")
+        fig.text(0.1 / width, bottom + (cell * 0.55) / height, note, fontsize=7.5, va="top", color="0.25",
+                 wrap=True)
+        for c, ch in enumerate(channels):
+            ax = fig.add_axes(((2.2 + cell * c) / width, bottom, (cell - 0.1) / width, cell / height))
+            ax.imshow(_hwc(mosaic(patches[c], side)), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"unit {ch}", fontsize=7.5, pad=2)
+    fig.suptitle("What the units respond to: each block is one unit's 9 strongest training patches "
+                 "(its receptive field)", fontsize=10, y=1 - 0.08 / height, va="top")
     return _save(fig, path)

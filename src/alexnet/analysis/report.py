@@ -1,11 +1,14 @@
 """``alexnet report RUN_DIR``: the paper's tables and figures for one training run.
 
-Writes ``RUN/report/``: ``report.html`` (self-contained: every figure embedded as a
-base64 PNG, so the one file can be mailed or archived), the PNG files themselves and
-``evaluation.json``. Sections: training curves (``metrics.jsonl``), the validation
-result with per-class accuracy, the conv1 kernels per tower (Figure 3), fc7 retrieval
-(Figure 4, right), top-5 predictions (Figure 4, left), the confusion matrix and the
-ImageNet timeline (with this run on it when its classes are the 1000 ILSVRC synsets).
+Writes ``RUN/report/``: ``report.html``, the PNG figures it links to (beside it, by
+relative path: embedding them as base64 made the page 2.4 MB; the folder is the report,
+to be archived or shared whole) and ``evaluation.json``. Sections: training curves
+(``metrics.jsonl``), the validation result with per-class accuracy, the conv1 kernels
+(per tower, as the paper's Figure 3, only where the model has towers), what the conv units
+respond to (top patches from the unit atlas, in the style of Zeiler & Fergus's Figure 2),
+fc7 retrieval (Figure 4, right), top-5 predictions (Figure 4, left), the confusion matrix
+and the ImageNet timeline (with this run on it when its classes are the 1000 ILSVRC
+synsets). Every image carries alt text that says what it shows.
 
 The model is the run's best checkpoint (else the last one, else ``model.safetensors``);
 the data is the dataset recorded in ``config.json`` (or ``data=``), split as training
@@ -15,7 +18,6 @@ that cannot be made (no metrics, no data) say so in the page instead of failing 
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import time
@@ -30,7 +32,7 @@ from alexnet.data import resolve_data
 from alexnet.data.sampling import spaced_indices
 from alexnet.data.splits import open_splits
 from alexnet.devices import resolve_device
-from alexnet.errors import ReportError
+from alexnet.errors import AlexNetError, ReportError
 from alexnet.runs import RunPaths
 
 
@@ -40,6 +42,7 @@ class _Section:
     figure: Path | None = None
     html: str = ""
     note: str = ""
+    alt: str = ""  # what the figure shows, for readers who cannot see it
 
 
 @dataclass
@@ -112,14 +115,17 @@ def write_report(
     num_neighbours: int = 6,
     num_samples: int = 8,
     num_workers: int | None = 0,
+    atlas_sample: int = 2000,
+    atlas_units: int = 6,
 ) -> Path:
     """Write ``RUN/report/report.html`` and its PNG figures; returns the HTML path.
 
     ``max_eval``: validate on at most this many images (evenly spaced); ``max_index``:
-    index at most this many training images for retrieval.
+    index at most this many training images for retrieval; ``atlas_sample``: training
+    images the unit atlas looks at when none of these weights is stored yet (it is kept
+    in ``RUN/analysis/`` and reused); ``atlas_units``: units shown per conv layer.
     """
     from alexnet.analysis import plots
-    from alexnet.analysis.filters import save_kernel_grid, tower_summary
     from alexnet.evaluation import evaluate
 
     run_dir = Path(run_dir)
@@ -156,30 +162,17 @@ def write_report(
         note = f"{len(records)} records ({len(epochs)} epochs)"
         if bad_lines:
             note += f"; {bad_lines} unreadable line(s) skipped"
-        rep.sections.append(_Section("Training curves", fig, note=note))
+        last = next((r for r in reversed(epochs) if isinstance(r.get("val_top1"), int | float)), None)
+        alt = (f"Three panels against the epoch: training and validation loss, top-1 and top-5 error in percent "
+               f"on a log scale, and the learning rate, over {len(epochs)} epoch(s)")
+        if last is not None:
+            alt += f"; the last validation top-1 error is {1 - last['val_top1']:.1%}"
+        rep.sections.append(_Section("Training curves", fig, note=note, alt=alt + "."))
     else:
         rep.sections.append(_Section("Training curves", note="no metrics.jsonl records in this run"))
 
     # conv1 kernels.
-    fig = save_kernel_grid(model, out / "conv1_kernels.png")
-    towers = tower_summary(model)
-    rows = "".join(
-        f"<tr><td>{'tower ' + 'AB'[i] if len(towers) > 1 else 'all'}</td><td>{t['kernels']}</td>"
-        f"<td>{t['mean']:.3f}</td><td>{t['median']:.3f}</td></tr>"
-        for i, t in enumerate(towers)
-    )
-    rep.sections.append(
-        _Section(
-            "conv1 kernels (Figure 3)",
-            fig,
-            html="<table><tr><th>block</th><th>kernels</th><th>mean colourfulness</th><th>median</th></tr>"
-            f"{rows}</table>",
-            note="Each kernel is contrast-normalised on its own. Colourfulness: share of a kernel's energy "
-            "in its colour differences (0: the same pattern in R, G and B, i.e. colour-agnostic; "
-            "random kernels score about 0.67). "
-            + ("One block per tower, as the paper's two GPUs." if len(towers) > 1 else "Single-column model: one block."),
-        )
-    )
+    rep.sections.append(_kernel_section(model, out / "conv1_kernels.png"))
 
     rep.sections.append(anatomy_section(model, meta))
 
@@ -222,12 +215,37 @@ def write_report(
         ]
         truth = [meta.class_names[int(result.labels[i])] for i in picks]
         fig = plots.plot_top5(images, preds, truth, out / "top5_predictions.png")
+        hits = sum(any(n == t for n, _ in p) for p, t in zip(preds, truth, strict=True))
         rep.sections.append(
-            _Section("Top-5 predictions (Figure 4, left)", fig, note="Green bar: the correct label.")
+            _Section("Top-5 predictions (Figure 4, left)", fig, note="Green bar: the correct label.",
+                     alt=f"{len(images)} validation images, each above a bar chart of its five most probable labels; "
+                     f"the true label is among the five for {hits} of them.")
         )
 
         fig = plots.plot_confusion(result.confusion, meta.class_names, out / "confusion_matrix.png")
-        rep.sections.append(_Section("Confusion matrix", fig))
+        cm = result.confusion.clone().float()
+        cm.fill_diagonal_(-1)
+        worst = divmod(int(cm.argmax()), cm.shape[1])
+        n_worst = int(result.confusion[worst])
+        alt = (f"Confusion matrix of {meta.num_classes} classes, true class down and predicted across, coloured by "
+               f"the share of each true class on a log scale; {result.num_images - int(result.confusion.trace()):,} "
+               f"errors in all")
+        if n_worst:
+            alt += (f"; the most frequent confusion is {meta.class_names[worst[0]]} taken for "
+                    f"{meta.class_names[worst[1]]} ({n_worst} images)")
+        rep.sections.append(_Section("Confusion matrix", fig, alt=alt + ".",
+                                     note="Colour: share of the true class's images, log scale (errors of 1% stay "
+                                     "visible); numbers: image counts."))
+
+    # What the units respond to (the unit atlas).
+    if train is not None and len(train):
+        try:
+            rep.sections.append(
+                _atlas_section(model, meta, model_file, train, val, data_path, out, device, batch_size, num_workers,
+                               atlas_sample, atlas_units)
+            )
+        except (AlexNetError, OSError) as exc:  # e.g. an unreadable image or cache: the other sections stand
+            rep.sections.append(_Section("What the units respond to", note=f"the unit atlas could not be made: {exc}"))
 
     # Retrieval.
     if train is not None and val is not None and len(train) and len(val):
@@ -244,6 +262,9 @@ def write_report(
         _Section(
             "ImageNet top-5 error, 2010-2017",
             fig,
+            alt="Bar chart of the ILSVRC winners' top-5 error from 28.2% in 2010 to 2.25% in 2017, AlexNet's 16.4% "
+            "in 2012 in red, a dashed line at the human 5.1%"
+            + (f", and this run's {result.top5_error:.1%} as a star at 2012." if on_chart else "."),
             note="This run is the star (placed at 2012, AlexNet's year)."
             if on_chart
             else "This run is not on the chart: its classes are not the 1000 ILSVRC classes.",
@@ -305,7 +326,94 @@ def _retrieval_section(
     )
     same = sum(sum(m) for m in match) / max(1, sum(len(m) for m in match))
     note += f" Green frame: same class as the query ({same:.0%} of the neighbours shown)."
-    return _Section(f"Retrieval by fc7 (Figure 4, right): {k} nearest training images", fig, note=note)
+    alt = (f"{len(items)} validation images in the first column, each followed by its {k} nearest training images "
+           f"by fc7 distance; {same:.0%} of the neighbours are of the query's class.")
+    return _Section(f"Retrieval by fc7 (Figure 4, right): {k} nearest training images", fig, note=note, alt=alt)
+
+
+def _kernel_section(model, path: Path) -> _Section:
+    """The conv1 kernels, captioned for what they are: the paper's Figure 3 and its per-tower
+    colour statistic only where the model has two towers."""
+    from alexnet.analysis.filters import conv1_weight, save_kernel_grid, tower_summary
+
+    fig = save_kernel_grid(model, path)
+    towers = tower_summary(model)
+    w = conv1_weight(model)
+    n, k = w.shape[0], w.shape[-1]
+    note = ("Each kernel is contrast-normalised on its own. Colourfulness: share of a kernel's energy in its colour "
+            "differences (0: the same pattern in R, G and B, i.e. colour-agnostic; random kernels score about 0.67).")
+    if len(towers) > 1:
+        rows = "".join(
+            f"<tr><td>tower {'AB'[i]}</td><td>{t['kernels']}</td><td>{t['mean']:.3f}</td><td>{t['median']:.3f}</td></tr>"
+            for i, t in enumerate(towers)
+        )
+        table = ("<table><tr><th>tower</th><th>kernels</th><th>mean colourfulness</th><th>median</th></tr>"
+                 f"{rows}</table>")
+        return _Section(
+            f"conv1 kernels per tower (the paper's Figure 3): {n} kernels of {k}x{k}x3", fig, html=table,
+            note=note + " One block per tower, as the paper's two GPUs; the paper found one tower's kernels largely "
+            "colour-agnostic and the other's colour-specific: compare the two rows of the table.",
+            alt=f"The {n} learned {k}x{k} conv1 kernels as small colour images, in two blocks of {n // 2}, one per tower; "
+            f"mean colourfulness {towers[0]['mean']:.2f} (tower A) and {towers[1]['mean']:.2f} (tower B).",
+        )
+    t = towers[0]
+    return _Section(
+        f"conv1 kernels: the {n} learned {k}x{k}x3 filters of this single-column model", fig,
+        note=note + f" This model has one column (no towers), so the paper's two-tower comparison does not apply; "
+        f"over all {n} kernels the colourfulness is {t['mean']:.2f} on average (median {t['median']:.2f}).",
+        alt=f"The {n} learned {k}x{k} conv1 kernels of a single-column model shown as small colour images in one grid; "
+        f"mean colourfulness {t['mean']:.2f}.",
+    )
+
+
+def _atlas_section(model, meta, model_file: Path, train, val, data_path: str, out: Path, device, batch_size: int,
+                   num_workers, sample: int, units: int) -> _Section:
+    """Top-9 patches of a few units per conv layer, with each layer's measured summary."""
+    from alexnet.analysis import plots
+    from alexnet.analysis.atlas import cache_root, ensure_atlas
+
+    atlas, built = ensure_atlas(
+        model, meta, train, val, root=cache_root(model_file), data=str(Path(data_path).resolve()), sample=sample,
+        batch_size=batch_size, device=device, num_workers=num_workers,
+    )
+    rows = []
+    for name, la in atlas.layers.items():
+        s = la.summary
+        chosen = la.showcase(units)
+        note = (f"field {la.rf.size} px\n{s['oriented_edge'] + s['colour_edge']:.0%} oriented "
+                f"(chance {s['baseline']['oriented_edge'] + s['baseline']['colour_edge']:.0%})\n"
+                f"{s['colour_blob']:.0%} colour blobs (chance {s['baseline']['colour_blob']:.0%})\n"
+                f"one class: {s['purity']:.0%} (chance {s['baseline']['purity']:.0%})")
+        rows.append((name, chosen, la.patches[chosen][:, :9], note))
+    fig = plots.plot_unit_atlas(rows, out / "unit_atlas.png")
+    captions = "".join(f"<li>{html.escape(atlas.caption(name))}</li>" for name in atlas.layers)
+    if atlas.probes is not None and atlas.probes.val_images:
+        rows = "".join(
+            f"<tr><td>{r['layer']}</td><td>{r['dim']:,}</td><td>{r['val_accuracy']:.1%}</td><td>{r['val_true_prob']:.1%}</td></tr>"
+            for r in atlas.probes.summary()
+        )
+        captions += (
+            f"<p>What each layer already knows about the label: a linear probe per layer on its pooled activations "
+            f"({atlas.probes.train_images:,} training images), scored on {atlas.probes.val_images:,} validation "
+            f"images.</p><table><tr><th>layer</th><th>features</th><th>probe accuracy</th>"
+            f"<th>mean probability of the true class</th></tr>{rows}</table>"
+        )
+    if atlas.ood is not None:
+        captions += (
+            f"<p>Out-of-class check: an image whose top softmax probability is below {atlas.ood.threshold:.1%} is "
+            f"flagged as possibly none of the {atlas.ood.num_classes} classes; {atlas.ood.keep:.0%} of validation "
+            f"images reach that confidence, so about {1 - atlas.ood.keep:.0%} of ordinary images are flagged too, and "
+            f"a confidently wrong answer on an unknown object is not caught.</p>"
+        )
+    note = (f"Units shown: {units} per layer, evenly spaced over the active channels (not hand-picked). Each patch is "
+            f"the unit's receptive field, computed from the architecture, around its strongest location in one of "
+            f"its 9 best training images ({atlas.info['sample']:,} looked at); grey: beyond the image's edge. "
+            f"'Chance' figures are the same statistics for 9 patches drawn from random units of the layer. "
+            f"Atlas {'built now' if built else 'reused'} ({atlas.info['seconds']:.1f} s to build).")
+    alt = ("A grid with one row per conv layer (conv1 to conv5) and, per row, " f"{units} blocks of 3x3 image patches: "
+           "the training-image regions that excite one unit most. " + " ".join(atlas.caption(n) for n in atlas.layers))
+    return _Section("What the units respond to (after Zeiler & Fergus, Figure 2)", fig,
+                    html=f"<ul>{captions}</ul>", note=note, alt=alt)
 
 
 # --------------------------------------------------------------------------- HTML
@@ -319,16 +427,17 @@ img.pixels { image-rendering: pixelated; } pre { background: #f6f6f6; padding: 1
 """
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    attrs = ""
-    if path.name == "conv1_kernels.png":  # small exact-pixel picture: show it enlarged, unblurred
-        from PIL import Image
+def _img(path: Path, alt: str) -> str:
+    """An ``<img>`` linking the PNG beside the page, with its pixel size (no layout shift) and alt text."""
+    from PIL import Image
 
-        with Image.open(path) as im:
-            width = im.width
-        attrs = f' class="pixels" style="width: {min(1100, width * max(1, 600 // width))}px"'
-    return f'<img{attrs} alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+    with Image.open(path) as im:
+        width, height = im.size
+    attrs = f' width="{width}" height="{height}"'
+    if path.name == "conv1_kernels.png":  # small exact-pixel picture: show it enlarged, unblurred
+        shown = min(1100, width * max(1, 600 // width))
+        attrs = f' class="pixels" width="{shown}" height="{round(height * shown / width)}"'
+    return f'<img{attrs} alt="{html.escape(alt or path.stem)}" src="{html.escape(path.name)}">'
 
 
 def _html(rep: _Report, title: str) -> str:
@@ -337,7 +446,7 @@ def _html(rep: _Report, title: str) -> str:
     for s in rep.sections:
         body.append(f"<h2>{html.escape(s.title)}</h2>")
         if s.figure is not None:
-            body.append(_img(s.figure))
+            body.append(_img(s.figure, s.alt))
         if s.html:
             body.append(s.html)
         if s.note:

@@ -54,18 +54,20 @@ def _png(image: Any, path: Path) -> Path:
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
-    from alexnet.analysis.atlas import ensure_atlas, model_cache_dir
+    from alexnet.analysis.atlas import cache_root, ensure_atlas, model_cache_dir
+    from alexnet.runs import model_path
 
     device = device_of(args)
     model, meta = load(args.checkpoint, device)
     train, val, data = _splits(args.checkpoint, args.data)
+    root = args.cache or cache_root(model_path(args.checkpoint))
     start = time.perf_counter()
     atlas, built = ensure_atlas(
-        model, meta, train, val, root=args.cache, rebuild=args.rebuild, data=str(Path(data).resolve()),
+        model, meta, train, val, root=root, rebuild=args.rebuild, data=str(Path(data).resolve()),
         sample=args.sample, top_k=args.top_k, batch_size=args.batch_size, device=device,
         num_workers=args.workers, progress=sys.stderr.isatty(),
     )
-    where = model_cache_dir(atlas.info["weights_sha256"], args.cache) / "atlas"
+    where = model_cache_dir(atlas.info["weights_sha256"], root) / "atlas"
     if args.json:
         write_json(atlas.to_json() | {"path": str(where), "built": built}, "-")
         return 0
@@ -98,7 +100,8 @@ def add_atlas(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", type=POSITIVE, default=5000, help="training images to look at (default 5000)")
     p.add_argument("--top-k", type=POSITIVE, default=9, help="patches kept per channel (default 9)")
     p.add_argument("--rebuild", action="store_true", help="build again even if an atlas of these weights exists")
-    p.add_argument("--cache", type=new_dir, default=None, help="cache root (default: <data home>/analysis)")
+    p.add_argument("--cache", type=new_dir, default=None,
+                   help="cache root (default: RUN/analysis for a run's model, else <data home>/analysis)")
     p.add_argument("--json", action="store_true", help="summaries, probes and threshold as JSON on stdout")
     add_device(p)
     add_batching(p)
@@ -122,7 +125,7 @@ def _class_index(text: str | None, meta: Any) -> int | None:
 def cmd_explain(args: argparse.Namespace) -> int:
     import torch
 
-    from alexnet.analysis.atlas import centre_crop, load_atlas
+    from alexnet.analysis.atlas import cache_root, centre_crop, load_atlas
     from alexnet.analysis.attribution import Attributor, overlay
     from alexnet.analysis.probes import layer_knowledge, outside_classes
     from alexnet.errors import ImageLoadError
@@ -132,7 +135,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     model, meta = load(args.checkpoint, device)
     target = _class_index(args.target, meta)
     attributor = Attributor(model, meta, device)
-    atlas = load_atlas(model, args.cache)
+    from alexnet.runs import model_path
+
+    atlas = load_atlas(model, args.cache or cache_root(model_path(args.checkpoint)))
     out = Path(args.out) if args.out else None
     docs: list[dict[str, Any]] = []
     failed = 0
@@ -201,7 +206,8 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", nargs="+", choices=("occlusion", "gradcam"), default=["occlusion", "gradcam"])
     p.add_argument("--class", dest="target", default=None, help="class to explain: index, id or name (default: predicted)")
     p.add_argument("--out", type=new_dir, default=None, help="write overlay PNGs here")
-    p.add_argument("--cache", type=new_dir, default=None, help="atlas cache root (default: <data home>/analysis)")
+    p.add_argument("--cache", type=new_dir, default=None,
+                   help="atlas cache root (default: RUN/analysis for a run's model, else <data home>/analysis)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     add_device(p)
     p.set_defaults(func=cmd_explain)
