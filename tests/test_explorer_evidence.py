@@ -113,7 +113,7 @@ def test_unit_shows_the_channels_map_and_its_top_patches(client: TestClient, tin
     assert min(_image(u["map"]).size) >= 192  # enlarged, not a 7x7 blob
     la = load_atlas(model, cache).layers["conv3"]
     hits = u["atlas"]["hits"]
-    assert len(hits) == 9 == la.values.shape[1]
+    assert la.values.shape[1] == 9 and len(hits) == int((la.images[5] >= 0).sum()) >= 1  # a hit per image it fired on
     assert [h["value"] for h in hits] == pytest.approx(la.values[5].tolist())
     first = np.asarray(_image(hits[0]["patch"]).convert("RGB"))
     side = la.patches.shape[-1]
@@ -335,11 +335,12 @@ def test_keyboard_reveal_and_a_conv3_tile_shows_its_top_patches(server, tiny) ->
             channel = int(tile.get_attribute("data-channel"))
             page.keyboard.press("Enter")
             expect(page.locator("#unit-title")).to_have_text(f"conv3 · channel {channel}")
-            patches = page.locator("#unit-patches img")
-            expect(patches).to_have_count(9)
-            assert min(page.eval_on_selector_all("#unit-patches img", "els => els.map(e => e.naturalWidth)")) > 0
             atlas = app.state.engine.evidence.job.atlas
-            labels = [atlas.info["class_names"][int(c)] for c in atlas.layers["conv3"].labels[channel]]
+            fired = int((atlas.layers["conv3"].images[channel] >= 0).sum())
+            assert fired >= 1
+            expect(page.locator("#unit-patches img")).to_have_count(fired)
+            assert min(page.eval_on_selector_all("#unit-patches img", "els => els.map(e => e.naturalWidth)")) > 0
+            labels = [atlas.info["class_names"][int(c)] for c in atlas.layers["conv3"].labels[channel] if c >= 0]
             assert page.locator("#unit-patches span").all_inner_texts() == labels
             page.keyboard.press("Escape")
             expect(page.locator("#unit")).to_be_hidden()
@@ -395,7 +396,9 @@ def test_imagenet_gallery_offers_scikit_image_photos_when_installed(monkeypatch:
     jpeg = Image.open(io.BytesIO(eng.image_jpeg("sample-coffee")))
     assert jpeg.size == (256, 256)
     a = eng.analyse_id("sample-chelsea")
-    assert a.true_index is None and a.probs.shape == (1000,)
+    assert a.true_index is None and a.probs.shape == (1000,) and a.name == "Chelsea the cat"
+    expected = eng.predictions(a)["expected"]  # tabby, tiger cat, Egyptian cat: what a right answer would be
+    assert len(expected) == 3 and set(expected) <= set(eng.meta.class_names)
     from alexnet.errors import ExplorerError
 
     for bad in ("sample-astronaut", "sample-../x", "sample-"):

@@ -82,9 +82,6 @@ ALLOWED_CONTENT_TYPES = frozenset(
 )
 _ID_RE = re.compile(r"(val|train)-([0-9]{1,9})")  # used with fullmatch: no trailing newline slips through
 _SAMPLE_RE = re.compile(r"sample-([a-z_]{1,32})")
-# scikit-image's bundled colour photos (skimage.data), offered as the gallery of an ImageNet
-# model when no dataset is given: real photos, but of no known label and not from ImageNet.
-SAMPLE_PHOTOS: tuple[str, ...] = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -238,6 +235,7 @@ class Engine:
         self._anatomy: dict[str, Any] | None = None
         self._conv_io: OrderedDict[tuple[str, str], tuple[dict[str, Any], Tensor, Tensor, Tensor]] = OrderedDict()
         self.samples: dict[str, np.ndarray] = {}  # scikit-image's example photos, by name
+        self.sample_expected: dict[str, list[str]] = {}  # the class names a right answer would be
         self.gallery_source: str | None = None
         self.gallery_note: str | None = None
         if self.data is not None:
@@ -282,31 +280,23 @@ class Engine:
         self.gallery = [self._record(split, i) for i in class_balanced(ds, gallery_size)]
 
     def _open_samples(self, gallery_size: int) -> None:
-        """scikit-image's example photos as the gallery (an optional extra: without the package, none)."""
-        try:
-            from skimage import data as skdata
-        except ImportError:
+        """scikit-image's example photos (:func:`alexnet.analysis.examples.example_photos`) as the
+        gallery: an optional extra; without the package there are none, and the page says so."""
+        from alexnet.analysis.examples import example_photos
+
+        photos = example_photos()[:gallery_size]
+        if not photos:
             self.gallery_note = ("no dataset was given, and scikit-image (whose example photos would be offered "
                                  "here) is not installed: upload an image, or pip install scikit-image")
             return
         s = self.meta.image_size
-        for name in SAMPLE_PHOTOS[:gallery_size]:
-            try:
-                arr = np.asarray(getattr(skdata, name)())
-            except Exception as exc:  # a photo the installed version lacks or cannot fetch: skip it
-                log.info("skimage.data.%s unavailable: %s", name, exc)
-                continue
-            if arr.ndim == 2:
-                arr = np.repeat(arr[..., None], 3, axis=2)
-            if arr.ndim != 3 or arr.shape[2] < 3:
-                continue
-            if arr.dtype != np.uint8:
-                arr = (np.clip(arr.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.uint8) if arr.max() <= 1 else np.clip(arr, 0, 255).astype(np.uint8)
-            self.samples[name] = resize_center_crop(np.ascontiguousarray(arr[..., :3]), s)
-            self.gallery.append(ImageRecord(f"sample-{name}", "sample", len(self.gallery), -1, "", name.replace("_", " ")))
-        if self.samples:
-            self.gallery_source = "scikit-image"
-            self.gallery_note = "example photos from scikit-image (skimage.data): real photos, but unlabelled and not from ImageNet"
+        index = {c: i for i, c in enumerate(self.meta.classes)}
+        for photo in photos:
+            self.samples[photo.name] = resize_center_crop(photo.image.permute(1, 2, 0).contiguous().numpy(), s)
+            self.sample_expected[photo.name] = [self.meta.class_names[index[c]] for c in photo.expected if c in index]
+            self.gallery.append(ImageRecord(f"sample-{photo.name}", "sample", len(self.gallery), -1, "", photo.caption))
+        self.gallery_source = "scikit-image"
+        self.gallery_note = "example photos from scikit-image (skimage.data): real photos, unlabelled, not from ImageNet"
 
     def _sample(self, image_id: str) -> np.ndarray | None:
         """The example photo ``sample-<name>``, None for any other kind of id, 404 for an unknown one."""
@@ -524,7 +514,7 @@ class Engine:
             return hit
         sample = self._sample(image_id)
         if sample is not None:
-            name = image_id.removeprefix("sample-").replace("_", " ")
+            name = next((r.class_name for r in self.gallery if r.id == image_id), image_id)
             return self._cached(image_id, lambda: self._analyse(image_id, name, sample, None))
         split, index = self.parse_id(image_id)
 
@@ -578,6 +568,8 @@ class Engine:
             "correct_top1": None if true is None else true["rank"] == 1,
             "correct_top5": None if true is None else true["rank"] <= 5,
             "scope": self.evidence.verdict(a.probs),
+            # an example photo: the classes a right answer would fall in ([]: none of the model's)
+            "expected": self.sample_expected.get(a.id.removeprefix("sample-")) if a.id.startswith("sample-") else None,
         }
 
     def layer(self, a: Analysis, layer: str) -> dict[str, Any]:

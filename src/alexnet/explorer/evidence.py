@@ -66,6 +66,7 @@ class Engine(Protocol):
     device: torch.device
     data: Path | None
     splits: dict[str, Any]
+    checkpoint: str | None
 
     def _forward_one(self, image: np.ndarray, layers: Any) -> dict[str, Tensor]: ...
 
@@ -103,7 +104,11 @@ class Evidence:
         wait_seconds: float = 60.0,
     ) -> None:
         self.engine = engine
-        self.cache_root = None if cache_root is None else Path(cache_root)
+        if cache_root is None:  # where `alexnet atlas` keeps it too: RUN/analysis, else <data home>/analysis
+            from alexnet.analysis.atlas import cache_root as default_root
+
+            cache_root = default_root(engine.checkpoint)
+        self.cache_root = Path(cache_root)
         self.atlas_sample, self.atlas_top_k = atlas_sample, atlas_top_k
         self.featvis_seconds = featvis_seconds
         self.job = AtlasJob()

@@ -297,6 +297,11 @@ function renderResult() {
       el("span", { class: "pct", text: pct(t.prob) })));
   }
   let note = "No label is known for this image: these are the network's five best guesses.";
+  if (p.expected) {  // an example photo whose right classes are known
+    note = p.expected.length
+      ? `A right answer would be one of: ${p.expected.join(", ")}. ${p.top.some((t) => p.expected.includes(t.name)) ? "One of them is in the top 5." : "None of them is in the top 5."}`
+      : "What this photo shows is not one of the model's classes, so no answer can be right.";
+  }
   if (p.true_label) {
     note = p.correct_top1
       ? `Right first time: the true label “${p.true_label.name}” is the network's top guess.`
