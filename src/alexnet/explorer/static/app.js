@@ -1154,8 +1154,10 @@ async function openUnit(layer, channel, trigger, focus = true) {
   panel.dataset.channel = String(channel);
   panel.setAttribute("aria-busy", "true");
   $("unit-title").textContent = `${layer} · channel ${channel}`;
-  $("unit-fv").hidden = true;
+  $("unit-fv-img").hidden = true;
+  $("unit-featvis").hidden = false;
   $("unit-featvis").disabled = false;
+  $("unit-fv-cap").textContent = "Feature visualisation: gradient ascent on the input, on demand";
   if (focus) {
     $("unit-title").focus({ preventScroll: true });
     panel.scrollIntoView({ block: "nearest", behavior: reducedMotion() ? "auto" : "smooth" });
@@ -1172,7 +1174,7 @@ async function openUnit(layer, channel, trigger, focus = true) {
   if (token !== state.token || state.unit?.layer !== layer || state.unit?.channel !== channel) return;
   $("unit-map").src = u.map;
   $("unit-map").alt = `${layer} channel ${channel}: its ${u.shape[0]}×${u.shape[1]} activation map on “${u.image.name}”, enlarged`;
-  $("unit-map-cap").textContent = `Its ${u.shape[0]}×${u.shape[1]} map on this image (max ${u.max}, mean ${u.mean}; ${ordinal(u.rank)} most active of ${u.channels})`;
+  $("unit-map-cap").textContent = `Its ${u.shape[0]}×${u.shape[1]} map on this image (max ${u.max}, mean ${u.mean}; ${ordinal(u.rank)} most active of ${u.channels})`.replace("; 1st most active", "; the most active");
   $("unit-overlay").src = u.overlay;
   $("unit-overlay").alt = `Where ${layer} channel ${channel} fires on “${u.image.name}”`;
   const at = u.atlas;
@@ -1208,17 +1210,19 @@ async function unitFeatvis() {
   if (!u) return;
   const btn = $("unit-featvis");
   btn.disabled = true;
-  const fig = $("unit-fv");
-  fig.hidden = false;
-  fig.querySelector("figcaption").textContent = "Optimising an input for this channel…";
+  $("unit-fv-cap").textContent = "Optimising an input for this channel…";
   try {
     const f = await api(`/api/featvis?layer=${u.layer}&unit=${u.channel}`);
     if (state.unit !== u) return;
-    fig.querySelector("img").src = f.png;
-    fig.querySelector("img").alt = `An input optimised to excite ${u.layer} channel ${u.channel}`;
-    fig.querySelector("figcaption").textContent = `The input that excites this channel most, found by ${f.steps} steps of gradient ascent (decorrelated colour, jitter), ${f.computed ? `computed in ${f.seconds} s` : "from the cache"}.`;
+    const img = $("unit-fv-img");
+    img.src = f.png;
+    img.alt = `An input optimised to excite ${u.layer} channel ${u.channel}`;
+    img.hidden = false;
+    btn.hidden = true;
+    $("unit-fv-cap").textContent = `The input that excites this channel most: ${f.steps} steps of gradient ascent (decorrelated colour, jitter), ${f.computed ? `computed in ${f.seconds} s` : "from the cache"}.`;
+    $("unit-title").focus({ preventScroll: true });  // the button is gone: keep the keyboard in the panel
   } catch (err) {
-    fig.querySelector("figcaption").textContent = `Feature visualisation unavailable: ${err.message}`;
+    $("unit-fv-cap").textContent = `Feature visualisation unavailable: ${err.message}`;
   } finally {
     btn.disabled = false;
   }
@@ -1234,12 +1238,14 @@ function setupExplain() {
   const options = [...top, ...names.map((_, i) => i).filter((i) => !top.includes(i))];
   sel.replaceChildren(...options.map((i) => el("option", { value: String(i), text: `${names[i]}${i === top[0] ? " (its answer)" : ""}${a.predictions.true_label?.index === i ? " (true label)" : ""}` })));
   sel.value = String(top[0]);
-  $("explain-fv").hidden = true;
   runExplain();
 }
 
 async function runExplain() {
   const target = Number($("explain-class").value);
+  $("explain-fv").hidden = true;  // the optimised input belongs to the previous class: offer it anew
+  $("explain-featvis").hidden = false;
+  $("explain-fv-cap").textContent = "What fc8's unit for the class responds to most (gradient ascent, on demand)";
   const token = state.token;
   const meta = $("explain-meta");
   meta.textContent = `Explaining “${state.info.classes[target]}”…`;
@@ -1271,9 +1277,10 @@ async function explainFeatvis() {
     $("explain-fv").src = f.png;
     $("explain-fv").alt = `An input optimised for the class “${f.class}”`;
     $("explain-fv").hidden = false;
-    btn.textContent = `Input optimised for “${f.class}” (${f.steps} steps${f.computed ? `, ${f.seconds} s` : ", cached"}); again for the chosen class`;
+    btn.hidden = true;
+    $("explain-fv-cap").textContent = `The input that excites fc8's “${f.class}” unit most: ${f.steps} steps of gradient ascent${f.computed ? `, ${f.seconds} s` : ", from the cache"}.`;
   } catch (err) {
-    btn.textContent = `Feature visualisation unavailable: ${err.message}`;
+    $("explain-fv-cap").textContent = `Feature visualisation unavailable: ${err.message}`;
   } finally {
     btn.disabled = false;
   }
