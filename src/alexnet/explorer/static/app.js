@@ -1118,9 +1118,11 @@ function renderKnowledge() {
     p.replaceChildren(el("span", { class: "knows-track", "aria-hidden": "true" }, bar),
       el("span", { text: `A linear probe on ${row.layer} gives “${k.target.name}” ${pct(row.prob)} (chance ${pct(k.chance)}); its best guess: “${row.top.name}”${row.val_accuracy !== null ? ` · right on ${pct(row.val_accuracy)} of validation images` : ""}` }));
   }
-  const W = Math.max(300, Math.round(host.clientWidth || 560)), H = 170, m = { l: 40, r: 14, t: 14, b: 30 };
+  const W = Math.max(300, Math.round(host.clientWidth || 560)), H = 176, m = { l: 40, r: 14, t: 22, b: 30 };
+  const narrow = W < 460;
   const n = k.layers.length;
-  const x = (i) => m.l + (i * (W - m.l - m.r)) / Math.max(1, n - 1);
+  const pad = 22;  // the first and last points clear of the axis labels
+  const x = (i) => m.l + pad + (i * (W - m.l - m.r - 2 * pad)) / Math.max(1, n - 1);
   const y = (v) => m.t + (1 - v) * (H - m.t - m.b);
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": `Probability of “${k.target.name}” by layer: ${shown.map((r) => `${r.layer} ${pct(r.prob)}`).join(", ") || "no layer revealed yet"}` });
   for (const v of [0, 0.5, 1]) {
@@ -1128,15 +1130,16 @@ function renderKnowledge() {
     root.append(svg("text", { class: "axis", x: m.l - 6, y: y(v) + 4, "text-anchor": "end" }, `${v * 100}%`));
   }
   root.append(svg("line", { class: "chance", x1: m.l, x2: W - m.r, y1: y(k.chance), y2: y(k.chance) }));
-  root.append(svg("text", { class: "chance-label", x: W - m.r, y: y(k.chance) - 4, "text-anchor": "end" }, "chance"));
-  k.layers.forEach((row, i) => root.append(svg("text", { class: row.kind === "model" ? "axis model" : "axis", x: x(i), y: H - 10, "text-anchor": "middle" }, row.layer)));
+  // A legend in the strip above the plot: values sit next to their points, never up there.
+  root.append(svg("text", { class: "chance-label", x: W - m.r, y: 11, "text-anchor": "end" }, `dashed line: chance (${pct(k.chance)})`));
+  k.layers.forEach((row, i) => root.append(svg("text", { class: row.kind === "model" ? "axis model" : "axis", x: x(i), y: H - 10, "text-anchor": "middle" }, narrow ? row.layer.replace("conv", "c") : row.layer)));
   if (shown.length) {
     const path = shown.map((row, i) => `${i ? "L" : "M"}${x(k.layers.indexOf(row)).toFixed(1)},${y(row.prob).toFixed(1)}`).join("");
     root.append(svg("path", { class: "depth-line", d: path }));
     for (const row of shown) {
       const i = k.layers.indexOf(row);
       root.append(svg("circle", { class: row.kind === "model" ? "depth-pt model" : "depth-pt", cx: x(i), cy: y(row.prob), r: 4.5 }));
-      root.append(svg("text", { class: "depth-val", x: x(i), y: y(row.prob) + (row.prob > 0.85 ? 16 : -8), "text-anchor": "middle" }, pct(row.prob)));
+      root.append(svg("text", { class: "depth-val", x: x(i), y: y(row.prob) + (row.prob > 0.85 ? 17 : -9), "text-anchor": "middle" }, pct(row.prob)));
     }
   }
   host.replaceChildren(root);
