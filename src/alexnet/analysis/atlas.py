@@ -537,10 +537,14 @@ def build_atlas(
     needed = sorted({int(i) for t in top.values() for i in t.images[t.values > 0].tolist()})
     crops: dict[int, Tensor] = {}
     label_of: dict[int, int] = {}
-    for i in needed:
-        image, y = train[i]
-        crops[i] = centre_crop(image.unsqueeze(0), meta)[0]
-        label_of[i] = int(y)
+    from torch.utils.data import Subset
+
+    done = 0
+    batches = iter_batches(Subset(train, needed), batch_size, num_workers) if needed else []
+    for images, ys in batches:  # decoded in the loader's workers
+        for image, y, i in zip(centre_crop(images, meta), ys.tolist(), needed[done : done + len(ys)], strict=True):
+            crops[i], label_of[i] = image.clone(), int(y)
+        done += len(ys)
     layers: dict[str, LayerAtlas] = {}
     for name in CONV_LAYERS:
         t, rf = top[name], rfs[name]

@@ -187,16 +187,21 @@ def plot_confusion(confusion: Tensor | np.ndarray, class_names: Sequence[str], p
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(used)
     total, errors = int(cm.sum()), int(cm.sum() - np.trace(cm))
-    fig = _figure(9, 8)
-    ax = fig.subplots()
+    # Placed by hand: the constrained layout pushed the row label off the canvas once the
+    # equal-aspect matrix, its class names and the colour bar competed for the width.
+    fig = _figure(9, 8, layout=None)
+    ax = fig.add_axes((0.17, 0.16, 0.68, 0.74))
     # The scale's floor: one image of the largest class, so a single error is always on the scale.
     vmin = min(0.5, max(1e-4, 1.0 / max(1.0, float(rows.max()))))
     shown = np.ma.masked_where(norm <= 0, norm)
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")
     im = ax.imshow(shown, cmap=cmap, norm=LogNorm(vmin=vmin, vmax=1.0), interpolation="nearest")
-    bar = fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class's images (log scale)")
+    ax.apply_aspect()  # the square matrix's real box, for a colour bar of the same height beside it
+    box = ax.get_position()
+    cax = fig.add_axes((box.x1 + 0.02, box.y0, 0.025, box.height))
+    bar = fig.colorbar(im, cax=cax, label="share of the true class's images (log scale)")
     ticks = sorted({vmin, *(t * 10.0**e for e in range(-4, 1) for t in (1, 2, 5) if vmin * 1.2 <= t * 10.0**e <= 1.0)})
-    bar.set_ticks(ticks, labels=[f"{100 * t:.2g}%" for t in ticks])
+    bar.set_ticks(ticks, labels=[f"{100 * t:.3g}%" for t in ticks])
     bar.ax.minorticks_off()
     if n <= 30:
         ax.set_xticks(range(n), [s[:18] for s in names], rotation=60, ha="right", fontsize=8)
@@ -208,7 +213,7 @@ def plot_confusion(confusion: Tensor | np.ndarray, class_names: Sequence[str], p
                     color = "black" if norm[i, j] > 0.3 else "white"
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7 if n > 12 else 9, color=color)
     ax.set(xlabel="predicted", ylabel="true",
-           title=f"confusion matrix: {n} classes, {errors:,} of {total:,} images misclassified"
+           title=f"confusion matrix: {n} classes\n{errors:,} of {total:,} images misclassified"
            + (" (counts in the cells)" if n <= 20 else ""))
     return _save(fig, path)
 
