@@ -82,7 +82,9 @@ def client(assets: tuple[Path, Path]):
     from alexnet.explorer import create_app
 
     checkpoint, data = assets
-    app = create_app(checkpoint, data, gallery_size=10, top_channels=6, max_upload_bytes=200_000, max_upload_pixels=1_000_000)
+    cache = checkpoint.parent / "cache"  # the unit atlas is built into the test's own folder, not the data home
+    app = create_app(checkpoint, data, gallery_size=10, top_channels=6, max_upload_bytes=200_000, max_upload_pixels=1_000_000,
+                     cache_root=cache)
     with TestClient(app) as c:
         assert app.state.engine.index.ready.wait(30)
         yield c
@@ -376,7 +378,7 @@ def server(assets: tuple[Path, Path]):
     """`alexnet explore` in a subprocess on a free 127.0.0.1 port."""
     checkpoint, data = assets
     port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ALEXNET_DATA": str(checkpoint.parent / "home")}  # the atlas cache
     cmd = [sys.executable, "-m", "alexnet", "explore", "--checkpoint", str(checkpoint), "--data", str(data),
            "--port", str(port), "--log-level", "warning", "--max-upload-mb", "1", "--upload-seconds", "4"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

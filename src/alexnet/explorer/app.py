@@ -55,6 +55,12 @@ TopK = Annotated[int, Query(ge=1, le=50, description="number of labels")]
 NeighborK = Annotated[int, Query(ge=1, le=32, description="number of neighbours")]
 StencilLayer = Annotated[str, Query(max_length=16, description="conv1 (over the pixels) or conv2 (over conv1's maps)")]
 KernelIndex = Annotated[int, Query(ge=0, le=65535, description="the kernel (output channel) of that layer")]
+ConvLayer = Annotated[str, Query(max_length=16, description="conv1 .. conv5")]
+ChannelIndex = Annotated[int, Query(ge=0, le=65535, description="the channel of that layer")]
+UnitLayer = Annotated[str, Query(max_length=16, description="conv1 .. conv5 (a channel) or fc6, fc7, fc8 (a unit; fc8: a class)")]
+UnitIndex = Annotated[int, Query(ge=0, le=65535, description="the channel or unit")]
+Targets = Annotated[list[int] | None, Query(max_length=5, description="class indices to explain (up to 5; default: the model's answer)")]
+Methods = Annotated[list[str] | None, Query(max_length=2, description="`occlusion` and/or `gradcam` (default: both)")]
 
 
 def _json_error(status: int, detail: str) -> JSONResponse:
@@ -177,6 +183,7 @@ def create_app(
     *,
     engine: Engine | None = None,
     build_index: bool = True,
+    build_atlas: bool | None = None,
     max_concurrent_uploads: int = 8,
     upload_seconds: float = 20.0,
     max_threads: int = 16,
@@ -186,8 +193,12 @@ def create_app(
 
     ``data``: the dataset folder (``train/`` and/or ``val/``); the gallery comes from its
     validation split and the fc7 neighbours from its training split. ``engine_options`` go to
-    :class:`Engine` (gallery_size, index_size, top_channels, max_upload_bytes, ...).
+    :class:`Engine` (gallery_size, index_size, top_channels, max_upload_bytes, cache_root, ...).
+    ``build_atlas`` (default: as ``build_index``) loads or builds the unit atlas and probes in
+    the background; until it is ready the evidence endpoints answer 503 and the page waits.
     """
+    if build_atlas is None:
+        build_atlas = build_index
     if engine is None:
         if checkpoint is None:
             raise ValueError("create_app needs a checkpoint or an engine")
@@ -200,11 +211,13 @@ def create_app(
         anyio.to_thread.current_default_thread_limiter().total_tokens = max_threads
         if build_index:
             eng.start_index()
+        if build_atlas:
+            eng.start_atlas()
         yield
 
     app = FastAPI(
         title="AlexNet explorer",
-        summary="The deep learning revolution, computed live by a trained AlexNet.",
+        summary=f"The deep learning revolution, computed live by the loaded network: {eng.meta.describe()}.",
         description="Images are addressed by id (`val-12`, `train-3`, or `upload-<hash>` for a recent "
         "upload). Uploads go as multipart/form-data in a field named `file`; errors are JSON "
         "`{\"detail\": ...}` with a 4xx status.",
@@ -344,6 +357,52 @@ def create_app(
     @app.get("/api/kernels", summary="The conv1 kernels as one image grid (base64 PNG)")
     async def kernels() -> dict[str, Any]:
         return await run_in_threadpool(eng.kernels)
+
+    # ---------------------------------------------------------------- evidence
+
+    ev = eng.evidence
+
+    @app.get("/api/atlas", summary="What each conv layer's units respond to, measured: captions, probes, out-of-class threshold",
+             responses={503: {"description": "the atlas is still being built"}})
+    async def atlas() -> dict[str, Any]:
+        return ev.atlas_summary()
+
+    @app.get("/api/unit", summary="One channel: its enlarged activation map on the image and its top training patches")
+    async def unit(image: ImageQuery, layer: ConvLayer, channel: ChannelIndex) -> dict[str, Any]:
+        a = await by_id(image)
+        return await run_in_threadpool(ev.unit, a, layer, channel)
+
+    @app.post("/api/unit", summary="One channel on an uploaded image")
+    async def unit_upload(file: UploadField, layer: ConvLayer, channel: ChannelIndex) -> dict[str, Any]:
+        a = await by_upload(file)
+        return await run_in_threadpool(ev.unit, a, layer, channel)
+
+    @app.get("/api/knowledge", summary="Per layer, a linear probe's probability of the label: what each depth already knows")
+    async def knowledge(image: ImageQuery) -> dict[str, Any]:
+        a = await by_id(image)
+        return await run_in_threadpool(ev.knowledge, a)
+
+    @app.post("/api/knowledge", summary="Per-layer probe probabilities for an uploaded image")
+    async def knowledge_upload(file: UploadField) -> dict[str, Any]:
+        a = await by_upload(file)
+        return await run_in_threadpool(ev.knowledge, a)
+
+    def methods_of(method: list[str] | None) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(method)) if method else ("occlusion", "gradcam")
+
+    @app.get("/api/attribution", summary="Occlusion sensitivity and Grad-CAM for any classes of an image (batched, cached)")
+    async def attribution(image: ImageQuery, target: Targets = None, method: Methods = None) -> dict[str, Any]:
+        a = await by_id(image)
+        return await run_in_threadpool(ev.attribution, a, target, methods_of(method))
+
+    @app.post("/api/attribution", summary="Occlusion and Grad-CAM for an uploaded image")
+    async def attribution_upload(file: UploadField, target: Targets = None, method: Methods = None) -> dict[str, Any]:
+        a = await by_upload(file)
+        return await run_in_threadpool(ev.attribution, a, target, methods_of(method))
+
+    @app.get("/api/featvis", summary="Feature visualisation: the input a unit responds to most, by optimisation (cached)")
+    async def featvis(layer: UnitLayer, unit: UnitIndex) -> dict[str, Any]:
+        return await run_in_threadpool(ev.featvis, layer, unit)
 
     return app
 

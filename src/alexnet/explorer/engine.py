@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 import re
 import threading
@@ -30,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from alexnet.checkpoint import ModelMeta, load_model
@@ -38,6 +36,15 @@ from alexnet.data.decode import DecodeError, decode_image, encode_jpeg, resize_c
 from alexnet.data.sampling import spaced_indices
 from alexnet.devices import resolve_device
 from alexnet.errors import ExplorerError
+from alexnet.explorer.common import (  # re-exported: the engine's public helpers live in common
+    Analysis,
+    _upscale,
+    data_url,
+    heatmap_rgb,
+    jpeg_url,
+    overlay,
+    png_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +52,23 @@ CONV_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
 # Layers the page's stencil can slide: conv1 over the pixels, conv2 over conv1's maps.
 STENCIL_LAYERS: tuple[str, ...] = ("conv1", "conv2")
 
-# What each stage tends to respond to (Zeiler & Fergus 2014; the paper's Figure 3 for conv1).
+# What each stage is, structurally. What its units respond to is measured by the unit atlas
+# (alexnet.explorer.evidence) and captioned from that evidence, not asserted here.
 LAYER_ROLES: dict[str, tuple[str, str]] = {
-    "conv1": ("Edges", "oriented edges and colour blobs, straight from the pixels"),
-    "conv2": ("Textures", "corners, grids and textures built from conv1's edges"),
-    "conv3": ("Patterns", "repeated motifs and simple shapes"),
-    "conv4": ("Parts", "object parts: eyes, wheels, fur, leaves"),
-    "conv5": ("Objects", "whole objects and their arrangement"),
+    "conv1": ("Stage 1", "the first convolution, straight over the pixels"),
+    "conv2": ("Stage 2", "a convolution over conv1's pooled maps"),
+    "conv3": ("Stage 3", "a convolution over conv2's pooled maps"),
+    "conv4": ("Stage 4", "a convolution over conv3's maps"),
+    "conv5": ("Stage 5", "the last convolution, over conv4's maps"),
 }
 
-# ImageNet (ILSVRC) classification winners, top-5 error in percent (SPEC.md).
+# ImageNet (ILSVRC) classification winners, top-5 error in percent (SPEC.md). 2012: 16.4% with
+# ILSVRC data only; the same team's 15.3% used extra (Fall 2011 ImageNet) data.
 TIMELINE: list[dict[str, Any]] = [
     {"year": 2010, "error": 28.2, "team": "NEC-UIUC"},
     {"year": 2011, "error": 25.8, "team": "XRCE"},
-    {"year": 2012, "error": 16.4, "team": "SuperVision (AlexNet)"},
+    {"year": 2012, "error": 16.4, "team": "SuperVision (AlexNet)", "extra_data_error": 15.3,
+     "extra_data": "7 CNNs, two pre-trained on the ImageNet Fall 2011 release"},
     {"year": 2013, "error": 11.7, "team": "Clarifai"},
     {"year": 2014, "error": 6.7, "team": "GoogLeNet"},
     {"year": 2015, "error": 3.57, "team": "ResNet"},
@@ -71,62 +81,7 @@ ALLOWED_CONTENT_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/webp", "image/bmp"}
 )
 _ID_RE = re.compile(r"(val|train)-([0-9]{1,9})")  # used with fullmatch: no trailing newline slips through
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _colormap_lut(name: str = "inferno") -> np.ndarray:
-    """[256, 3] uint8 lookup table of a perceptually uniform colormap."""
-    from matplotlib import colormaps
-
-    return (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
-
-
-_LUT: np.ndarray | None = None
-
-
-def heatmap_rgb(values: np.ndarray) -> np.ndarray:
-    """A non-negative map [H, W] -> uint8 RGB [H, W, 3], scaled by its own maximum."""
-    global _LUT
-    if _LUT is None:
-        _LUT = _colormap_lut()
-    peak = float(values.max()) if values.size else 0.0
-    scaled = values / peak if peak > 0 else np.zeros_like(values)
-    return _LUT[np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)]
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
-def jpeg_url(rgb: np.ndarray) -> str:
-    """Photographic pictures (the input, overlays) as JPEG: a fraction of the PNG's size."""
-    return data_url(encode_jpeg(rgb, quality=88), "image/jpeg")
-
-
-def _upscale(rgb: np.ndarray, min_side: int) -> np.ndarray:
-    """Nearest-neighbour enlargement by an integer factor, so tiny maps stay crisp in any browser."""
-    factor = max(1, -(-min_side // max(rgb.shape[:2])))
-    return rgb.repeat(factor, 0).repeat(factor, 1) if factor > 1 else rgb
-
-
-def overlay(image: np.ndarray, values: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """Heat map of ``values`` (any size) laid over a greyed ``image`` [H, W, 3]."""
-    h, w = image.shape[:2]
-    peak = float(values.max()) if values.size else 0.0
-    v = (values / peak if peak > 0 else np.zeros_like(values)).astype(np.float32)
-    v = np.asarray(Image.fromarray(v, mode="F").resize((w, h), Image.BILINEAR))
-    heat = heatmap_rgb(v).astype(np.float32)
-    grey = image.astype(np.float32).mean(axis=2, keepdims=True) * 0.55
-    weight = alpha * np.clip(v, 0, 1)[..., None] ** 0.5
-    return (grey * (1 - weight) + heat * weight).clip(0, 255).astype(np.uint8)
+_SAMPLE_RE = re.compile(r"sample-([a-z_]{1,32})")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -176,20 +131,6 @@ def class_balanced(ds: Any, m: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- analysis
-
-
-@dataclass
-class Analysis:
-    """One forward pass over one image, rendered for the page."""
-
-    id: str
-    name: str
-    true_index: int | None  # index into the model's classes, when the label is known
-    crop: str  # data URL of the input patch the network saw (before normalisation)
-    layers: dict[str, dict[str, Any]]  # per conv layer: shape, strongest channels, summary overlay
-    probs: np.ndarray  # [num_classes]
-    fc7: np.ndarray  # [D] float32 for retrieval
-    image: np.ndarray | None = None  # uint8 [S, S, 3] as decoded: the stencil re-runs conv1/conv2 on it
 
 
 @dataclass
@@ -262,8 +203,14 @@ class Engine:
         cache_size: int = 64,
         max_batch: int = 4,
         device: str | torch.device = "cpu",
+        cache_root: str | Path | None = None,
+        atlas_sample: int = 2000,
+        atlas_top_k: int = 9,
+        featvis_seconds: float = 6.0,
     ) -> None:
         self.model, self.meta = model.eval(), meta
+        for p in self.model.parameters():  # nothing here trains: gradients are only ever wanted w.r.t. inputs
+            p.requires_grad_(False)
         self.device = resolve_device(device)
         self.transform = meta.eval_transform().to(self.device)
         self.checkpoint = None if checkpoint is None else str(checkpoint)
@@ -287,11 +234,22 @@ class Engine:
         self._kernels: dict[str, Any] | None = None
         self._anatomy: dict[str, Any] | None = None
         self._conv_io: OrderedDict[tuple[str, str], tuple[dict[str, Any], Tensor, Tensor, Tensor]] = OrderedDict()
+        self.samples: dict[str, np.ndarray] = {}  # scikit-image's example photos, by name
+        self.sample_expected: dict[str, list[str]] = {}  # the class names a right answer would be
+        self.gallery_source: str | None = None
+        self.gallery_note: str | None = None
         if self.data is not None:
             self._open_data(gallery_size)
+            self.gallery_source = "dataset"
+        elif _is_imagenet(meta):
+            self._open_samples(gallery_size)
         if "train" not in self.splits:
             self.index.ready.set()  # nothing to index: neighbours are simply unavailable
         self._index_size = index_size
+        from alexnet.explorer.evidence import Evidence
+
+        self.evidence = Evidence(self, cache_root=cache_root, atlas_sample=atlas_sample, atlas_top_k=atlas_top_k,
+                                 featvis_seconds=featvis_seconds)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, data: str | Path | None = None, **kwargs: Any) -> Engine:
@@ -320,6 +278,34 @@ class Engine:
         split = "val" if "val" in self.splits else "train"
         ds = self.splits[split]
         self.gallery = [self._record(split, i) for i in class_balanced(ds, gallery_size)]
+
+    def _open_samples(self, gallery_size: int) -> None:
+        """scikit-image's example photos (:func:`alexnet.analysis.examples.example_photos`) as the
+        gallery: an optional extra; without the package there are none, and the page says so."""
+        from alexnet.analysis.examples import example_photos
+
+        photos = example_photos()[:gallery_size]
+        if not photos:
+            self.gallery_note = ("no dataset was given, and scikit-image (whose example photos would be offered "
+                                 "here) is not installed: upload an image, or pip install scikit-image")
+            return
+        s = self.meta.image_size
+        index = {c: i for i, c in enumerate(self.meta.classes)}
+        for photo in photos:
+            self.samples[photo.name] = resize_center_crop(photo.image.permute(1, 2, 0).contiguous().numpy(), s)
+            self.sample_expected[photo.name] = [self.meta.class_names[index[c]] for c in photo.expected if c in index]
+            self.gallery.append(ImageRecord(f"sample-{photo.name}", "sample", len(self.gallery), -1, "", photo.caption))
+        self.gallery_source = "scikit-image"
+        self.gallery_note = "example photos from scikit-image (skimage.data): real photos, unlabelled, not from ImageNet"
+
+    def _sample(self, image_id: str) -> np.ndarray | None:
+        """The example photo ``sample-<name>``, None for any other kind of id, 404 for an unknown one."""
+        m = _SAMPLE_RE.fullmatch(image_id or "")
+        if not (image_id or "").startswith("sample-"):
+            return None
+        if m is None or m.group(1) not in self.samples:
+            raise ExplorerError(404, f"no image {image_id[:60]!r}")
+        return self.samples[m.group(1)]
 
     def _record(self, split: str, index: int, label: int | None = None) -> ImageRecord:
         ds = self.splits[split]
@@ -356,6 +342,9 @@ class Engine:
 
         Only dataset items addressed by index are served: no part of the request becomes a path.
         """
+        sample = self._sample(image_id)
+        if sample is not None:
+            return encode_jpeg(sample, quality=90)
         split, index = self.parse_id(image_id)
         key = f"{split}-{index}"
         with self._cache_lock:
@@ -401,7 +390,7 @@ class Engine:
                     "truncated": "the image is truncated",
                     "too_large": f"the image has too many pixels (limit {self.max_upload_pixels:,})",
                 }.get(exc.reason, "the image could not be decoded")
-                raise ExplorerError(status, f"{what} ({exc.reason})") from None
+                raise ExplorerError(status, what) from None  # the words, not the internal reason code
             return resize_center_crop(arr, s)
 
     # ------------------------------------------------------------------ model
@@ -523,6 +512,10 @@ class Engine:
             if hit is None:
                 raise ExplorerError(404, "this upload is no longer cached; upload the file again")
             return hit
+        sample = self._sample(image_id)
+        if sample is not None:
+            name = next((r.class_name for r in self.gallery if r.id == image_id), image_id)
+            return self._cached(image_id, lambda: self._analyse(image_id, name, sample, None))
         split, index = self.parse_id(image_id)
 
         def make() -> Analysis:
@@ -574,6 +567,9 @@ class Engine:
             "true_label": true,
             "correct_top1": None if true is None else true["rank"] == 1,
             "correct_top5": None if true is None else true["rank"] <= 5,
+            "scope": self.evidence.verdict(a.probs),
+            # an example photo: the classes a right answer would fall in ([]: none of the model's)
+            "expected": self.sample_expected.get(a.id.removeprefix("sample-")) if a.id.startswith("sample-") else None,
         }
 
     def layer(self, a: Analysis, layer: str) -> dict[str, Any]:
@@ -610,7 +606,7 @@ class Engine:
         }
 
     def kernels(self) -> dict[str, Any]:
-        """The conv1 kernels as one picture (one block per tower, as in the paper's Figure 3)."""
+        """The loaded model's conv1 kernels as one picture (one block per tower where it has towers)."""
         if self._kernels is None:
             from alexnet.analysis.filters import conv1_weight, kernel_grid, tower_summary
 
@@ -656,7 +652,11 @@ class Engine:
             raise ExplorerError(404, "this image's pixels are no longer cached; choose it again")
         captured: list[tuple[nn.Conv2d, Tensor, Tensor]] = []
 
+        me = threading.get_ident()
+
         def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if threading.get_ident() != me:  # another thread's pass (the atlas, an attribution): not ours
+                return
             captured.append((module, inputs[0].detach().float().cpu(), output.detach().float().cpu()))
 
         names = {m: n for n, m in self.model.named_modules()}
@@ -749,6 +749,9 @@ class Engine:
     def info(self) -> dict[str, Any]:
         return {
             "model": self.meta.model,
+            "describe": self.meta.describe(),
+            "options": {k: v for k, v in self.meta.options.items() if k != "devices"},
+            "params": self.meta.num_params(),
             "checkpoint": None if self.checkpoint is None else Path(self.checkpoint).name,
             "num_classes": self.meta.num_classes,
             "classes": self.meta.class_names,
@@ -757,12 +760,15 @@ class Engine:
             "layers": [{"layer": name, "role": r[0], "description": r[1]} for name, r in LAYER_ROLES.items()],
             "data": None if self.data is None else self.data.name,
             "gallery_size": len(self.gallery),
+            "gallery_source": self.gallery_source,
+            "gallery_note": self.gallery_note,
             "top_channels": self.top_channels,
             "neighbors": {
                 "available": "train" in self.splits,
                 "ready": self.index.ready.is_set(),
                 "indexed": len(self.index.records),
             },
+            "atlas": self.evidence.status(),
             "limits": {"max_upload_bytes": self.max_upload_bytes, "max_upload_pixels": self.max_upload_pixels},
             "timeline": TIMELINE,
             "human_top5_error": HUMAN_TOP5_ERROR,
@@ -819,10 +825,23 @@ class Engine:
         finally:
             idx.ready.set()
 
+    def start_atlas(self) -> threading.Thread:
+        """Load or build the unit atlas and probes of these weights in the background."""
+        return self.evidence.start_atlas()
+
     def start_index(self) -> threading.Thread:
         t = threading.Thread(target=self.build_index, name="fc7-index", daemon=True)
         t.start()
         return t
+
+
+def _is_imagenet(meta: ModelMeta) -> bool:
+    """True for a model over ImageNet's 1000 synsets (torchvision's weights, an ImageNet run)."""
+    if meta.num_classes != 1000:
+        return False
+    from alexnet.data.imagenet import IMAGENET_SYNSETS
+
+    return list(meta.classes) == list(IMAGENET_SYNSETS)
 
 
 def _f32(t: Tensor) -> dict[str, Any]:

@@ -14,6 +14,10 @@ const state = {
   token: 0,        // guards against answers for an image that is no longer chosen
   revealing: false,
   anatomy: null,   // /api/anatomy: the loaded model's layer table
+  atlas: null,     // /api/atlas: measured captions, probes, out-of-class calibration (null while it builds)
+  atlasStatus: null,
+  knowledge: null, // /api/knowledge for the current image
+  unit: null,      // the open channel: {layer, channel, trigger}
 };
 
 // ------------------------------------------------------------------ helpers
@@ -65,9 +69,12 @@ function statusText() {
 function renderStatus() {
   $("status").textContent = statusText();
   [...$("pips").children].forEach((pip, i) => pip.classList.toggle("on", i < state.revealed));
-  const ready = Boolean(state.analysis) && !state.revealing;
-  $("reveal").disabled = !ready || state.revealed >= LAYERS.length;
-  $("reveal").textContent = state.revealed >= LAYERS.length ? "Fully revealed" : `Reveal ${LAYERS[state.revealed]}`;
+  // Disabled only when there is nothing to reveal: while a layer loads the button keeps its
+  // focus (aria-busy; clicks are ignored) so keyboard users are not dropped to the page's start.
+  const reveal = $("reveal");
+  reveal.disabled = !state.analysis || state.revealed >= LAYERS.length;
+  reveal.setAttribute("aria-busy", String(state.revealing));
+  reveal.textContent = state.revealed >= LAYERS.length ? "Fully revealed" : `Reveal ${LAYERS[state.revealed]}`;
   $("reset").disabled = !state.current || state.revealed === 0;
 }
 
@@ -125,24 +132,27 @@ function drawChart() {
   root.append(svg("line", { class: "human", x1: m.l, x2: W - m.r, y1: hy, y2: hy }));
   root.append(svg("text", { class: "human-label", x: W - m.r, y: hy - 7, "text-anchor": "end" }, `human ≈ ${info.human_top5_error}%`));
 
+  // Every point carries its value (on phones too); no label depends on hover. Values sit
+  // above the line while it is above human level and below it after, where the human line
+  // would otherwise cross them; the teams are in the table under the chart.
   data.forEach((d, i) => {
     const [px, py] = pts[i];
     const alex = d.year === 2012;
     const g = svg("g");
     g.append(svg("title", {}, `${d.year}: ${d.error}% top-5 error (${d.team})`));
     g.append(svg("circle", { class: alex ? "pt alexnet" : "pt", cx: px, cy: py, r: alex ? 7 : 4.5 }));
-    // Labels sit where the line and the human line leave room: above the point early on,
-    // value and team both above in 2014, both below once the line has crossed human level.
     const under = d.error < info.human_top5_error;
-    const showValue = !narrow || alex || i === 0 || i === data.length - 1;
     if (alex) {
       g.append(svg("text", { class: "val", x: px + 12, y: py + 4 }, `${d.error}`));
-    } else if (showValue) {
-      g.append(svg("text", { class: "val", x: px, y: under ? py + 19 : py - 12, "text-anchor": "middle" }, `${d.error}`));
+    } else {
+      g.append(svg("text", { class: "val", x: px, y: under ? py + 18 : py - 11, "text-anchor": "middle" }, `${d.error}`));
     }
-    if (!narrow && !alex) {
-      const ty = under ? py + 33 : d.year === 2014 ? py - 27 : py + 20;
-      g.append(svg("text", { class: "team", x: px, y: ty, "text-anchor": "middle" }, d.team));
+    if (alex && d.extra_data_error) {  // the same team's entry with extra (Fall 2011 ImageNet) training data
+      const ey = y(d.extra_data_error);
+      const r = 5.5;
+      g.append(svg("path", { class: "pt extra", d: `M${px},${ey - r}L${px + r},${ey}L${px},${ey + r}L${px - r},${ey}Z` }));
+      // Left of the diamond, under the cliff line: the space to its right is the 2012-2013 segment's.
+      g.append(svg("text", { class: "val extra-val", x: px - 10, y: ey + 5, "text-anchor": "end" }, narrow ? `${d.extra_data_error}` : `${d.extra_data_error} with extra data`));
     }
     root.append(g);
   });
@@ -158,6 +168,11 @@ function drawChart() {
   root.append(note);
 
   host.replaceChildren(root);
+  const body = $("timeline-table").querySelector("tbody");
+  body.replaceChildren(...data.map((d) => el("tr", { class: d.year === 2012 ? "alexnet" : "" },
+    el("th", { scope: "row", text: String(d.year) }),
+    el("td", { text: d.team }),
+    el("td", { text: d.extra_data_error ? `${d.error}% (${d.extra_data_error}% with extra data)` : `${d.error}%` }))));
 }
 
 // ------------------------------------------------------------------ beat 1: the pipeline
@@ -188,13 +203,13 @@ async function playPipeline(token) {
     img.src = layer.overlay;
     img.alt = `${layer.layer}: where its strongest channels respond`;
     stages[i + 1].querySelector(".minis").replaceChildren(...layer.strongest.map((ch) =>
-      el("img", { src: ch.png, alt: `${layer.layer} channel ${ch.channel}`, title: `${layer.layer} channel ${ch.channel} · mean ${ch.mean}` })));
+      channelButton(layer.layer, ch, "mini")));
   });
   const top = a.predictions.top[0];
   $("pipe-label").textContent = top.name;
   $("pipe-prob").textContent = pct(top.prob);
   const truth = a.predictions.true_label;
-  $("beat-1-word").textContent = truth ? truth.name : top.name;
+  $("pipe-scope").textContent = `one of only ${a.predictions.scope.num_classes} classes`;
   const verdict = !truth ? `it answers “${top.name}”.`
     : a.predictions.correct_top1 ? `it answers “${top.name}” — correctly.`
       : `it answers “${top.name}” (the true label ranks ${truth.rank}).`;
@@ -229,24 +244,42 @@ function renderLayerSlots() {
   });
 }
 
+// A channel as a button (Enter or Space opens it): its map on this image, its top training patches.
+function channelButton(layer, ch, kind) {
+  const b = el("button", {
+    type: "button", class: kind === "mini" ? "mini" : "tile", "data-layer": layer, "data-channel": String(ch.channel),
+    "aria-label": `${layer} channel ${ch.channel} (mean activation ${ch.mean}): open its map and top training patches`,
+    title: `${layer} channel ${ch.channel} · mean ${ch.mean}${ch.max !== undefined ? ` · max ${ch.max}` : ""}`,
+  }, el("img", { src: ch.png, alt: "" }), kind === "mini" ? null : el("span", { class: "tile-cap", text: `#${ch.channel}` }));
+  b.addEventListener("click", () => openUnit(layer, ch.channel, b));
+  return b;
+}
+
+function layerCaption(name) {
+  const la = state.atlas?.layers?.[name];
+  if (la) return la.caption;
+  const s = state.atlasStatus;
+  if (s && !s.available) return `What ${name}'s units respond to is not measured: ${s.reason}.`;
+  if (s && s.error) return `What ${name}'s units respond to could not be measured: ${s.error}.`;
+  return `Measuring what ${name}'s units respond to (building the unit atlas from the training images)…`;
+}
+
 function renderLayer(payload) {
   const slot = $(`layer-${payload.layer}`);
   const tiles = el("ul", { class: "tiles", "aria-label": `${payload.layer}: strongest channels` });
-  for (const ch of payload.channels) {
-    tiles.append(el("li", {},
-      el("figure", { class: "tile" },
-        el("img", { src: ch.png, alt: `${payload.layer} channel ${ch.channel}, mean activation ${ch.mean}`, title: `channel ${ch.channel} · mean ${ch.mean} · max ${ch.max}` }),
-        el("figcaption", { text: `#${ch.channel}` }))));
-  }
+  for (const ch of payload.channels) tiles.append(el("li", {}, channelButton(payload.layer, ch, "tile")));
   const [c, h, w] = payload.shape;
   slot.replaceChildren(
     el("div", { class: "layer-head" },
       el("b", { text: payload.layer }),
       el("span", { class: "role", text: payload.role }),
       el("span", { class: "shape", text: `${h}×${w} · ${c} ch · ${Math.round(payload.active_fraction * 100)}% active` })),
-    tiles);
+    tiles,
+    el("p", { class: "layer-caption", text: layerCaption(payload.layer) }),
+    el("p", { class: "knows", "data-layer": payload.layer }));
   slot.classList.remove("hidden-layer");
   slot.classList.add("revealed");
+  renderKnowledge();
 }
 
 function renderResult() {
@@ -264,6 +297,11 @@ function renderResult() {
       el("span", { class: "pct", text: pct(t.prob) })));
   }
   let note = "No label is known for this image: these are the network's five best guesses.";
+  if (p.expected) {  // an example photo whose right classes are known
+    note = p.expected.length
+      ? `A right answer would be one of: ${p.expected.join(", ")}. ${p.top.some((t) => p.expected.includes(t.name)) ? "One of them is in the top 5." : "None of them is in the top 5."}`
+      : "What this photo shows is not one of the model's classes, so no answer can be right.";
+  }
   if (p.true_label) {
     note = p.correct_top1
       ? `Right first time: the true label “${p.true_label.name}” is the network's top guess.`
@@ -272,7 +310,32 @@ function renderResult() {
         : `The true label “${p.true_label.name}” is not in the top 5 (rank ${p.true_label.rank}, ${pct(p.true_label.prob)}).`;
   }
   $("result-note").textContent = note;
+  renderScope();
   $("result").hidden = false;
+  setupExplain();
+}
+
+// Never a forced choice presented as recognition: the answer always says how few classes the
+// model knows, and (once calibrated) whether its confidence is typical of those classes.
+function renderScope() {
+  const a = state.analysis;
+  if (!a) return;
+  const sc = a.predictions.scope;
+  const classes = state.info?.classes || [];
+  const list = classes.length <= 12 ? `: ${classes.join(", ")}` : "";
+  let text = `The model only knows these ${sc.num_classes} classes${list}. It must answer with one of them`;
+  if (!a.predictions.true_label) text += ", so for an image of anything else its answer is a forced choice, not recognition";
+  text += ". ";
+  if (sc.calibrated) {
+    text += sc.outside
+      ? `Its confidence here (${pct(sc.score)}) is below what ${pct(sc.keep)} of validation images reach (${pct(sc.threshold)}): this image may show none of them.`
+      : `Its confidence here (${pct(sc.score)}) is typical of images of those classes (threshold ${pct(sc.threshold)}), which does not prove the image shows one: networks can be confidently wrong far from their training data.`;
+  } else {
+    text += "(The out-of-class check is not calibrated yet.)";
+  }
+  const note = $("scope-note");
+  note.textContent = text;
+  note.classList.toggle("warn", Boolean(sc.outside) || !a.predictions.true_label);
 }
 
 async function fetchLayer(name) {
@@ -297,9 +360,13 @@ async function reveal() {
   try {
     const payload = await fetchLayer(LAYERS[state.revealed]);
     if (token !== state.token) return;
-    renderLayer(payload);
     state.revealed += 1;
-    if (state.revealed === LAYERS.length) renderResult();
+    renderLayer(payload);
+    if (state.revealed === LAYERS.length) {
+      renderResult();
+      renderStatus();
+      if (document.activeElement === $("reveal") || document.activeElement === document.body) $("result-title").focus();
+    }
   } catch (err) {
     showError(`Could not reveal ${LAYERS[state.revealed]}: ${err.message}`);
   } finally {
@@ -309,10 +376,14 @@ async function reveal() {
 }
 
 function resetReveal() {
+  const hadFocus = document.activeElement === $("reset");
   state.revealed = 0;
   $("result").hidden = true;
+  closeUnit(false);
   renderLayerSlots();
   renderStatus();
+  renderKnowledge();
+  if (hadFocus) $("reveal").focus();  // "Start over" disables itself: keep the keyboard where the work is
 }
 
 // ------------------------------------------------------------------ choosing an image
@@ -324,6 +395,7 @@ function markGallery() {
 }
 
 async function choose(image) {
+  if (image.file) return chooseUpload(image);
   const token = ++state.token;
   state.current = image;
   state.analysis = null;
@@ -337,18 +409,64 @@ async function choose(image) {
   try {
     const a = image.file ? await postAnalysis(image.file) : await api(`/api/analysis?image=${encodeURIComponent(image.id)}`);
     if (token !== state.token) return;
-    state.analysis = a;
-    state.current = { ...image, id: a.id, name: a.name };
-    renderLayerSlots();
-    renderStatus();
-    playPipeline(token);
-    loadNeighbors(token);
-    loadStencil();
+    adopt(image, a, token);
   } catch (err) {
     if (token !== state.token) return;
     showError(err.message);
     renderStatus();
   }
+}
+
+// The analysis of a newly chosen image becomes the page's state.
+function adopt(image, a, token) {
+  state.analysis = a;
+  state.current = { ...image, id: a.id, name: a.name };
+  state.knowledge = null;
+  renderLayerSlots();
+  renderStatus();
+  renderKnowledge();
+  playPipeline(token);
+  loadNeighbors(token);
+  loadStencil();
+  loadKnowledge(token);
+}
+
+// An upload replaces the current image only once the server has read it: a file it cannot
+// use leaves the page as it was, with a message in words.
+async function chooseUpload(image) {
+  hideError();
+  const hint = $("upload-hint").textContent;
+  $("upload-hint").textContent = `Reading “${image.name}”…`;
+  let a;
+  try {
+    a = await postAnalysis(image.file);
+  } catch (err) {
+    showError(uploadMessage(image.file.name, err));
+    return;
+  } finally {
+    $("upload-hint").textContent = hint;
+  }
+  const token = ++state.token;
+  state.current = image;
+  state.revealing = false;
+  markGallery();
+  for (const stage of document.querySelectorAll("#pipeline .stage")) stage.classList.remove("lit");
+  $("chosen-img").src = image.url;
+  $("chosen-img").alt = `The chosen image: ${image.name}`;
+  resetReveal();
+  adopt(image, a, token);
+}
+
+function uploadMessage(name, err) {
+  const why = {
+    400: "the file is empty",
+    408: "it took too long to arrive",
+    413: "it is too large",
+    415: "it is not a JPEG, PNG, GIF, WebP or BMP image",
+    503: "the server is busy; try again in a moment",
+  }[err.status];
+  const detail = err.status === 422 || err.status === 413 ? err.message : why || err.message;
+  return `“${name}” could not be used: ${detail}. The page still shows the previous image.`;
 }
 
 function postAnalysis(file) {
@@ -377,8 +495,9 @@ function onUpload(file) {
   }
   const url = URL.createObjectURL(file);
   const name = file.name.replace(/\.[^.]+$/, "").replace(/_/g, " ").slice(0, 40) || "your image";
-  choose({ id: null, name, url, file });
-  document.querySelector("#beat-3").scrollIntoView({ block: "start" });
+  chooseUpload({ id: null, name, url, file }).then(() => {
+    if (state.current?.file === file) document.querySelector("#beat-3").scrollIntoView({ block: "start" });
+  });
 }
 
 // ------------------------------------------------------------------ inside the network
@@ -391,10 +510,17 @@ async function loadKernels() {
       img.style.width = `${img.naturalWidth * (img.naturalWidth < 260 ? 2 : 1)}px`;
     }, { once: true });
     img.src = k.png;
-    const towers = k.towers.length === 2
-      ? ` · two towers of ${k.towers[0].kernels}; colourfulness ${k.towers[0].mean.toFixed(2)} vs ${k.towers[1].mean.toFixed(2)}`
-      : ` · colourfulness ${k.towers[0].mean.toFixed(2)}`;
+    // The statistic per tower only where the model has towers; otherwise caption what is shown.
+    const two = k.towers.length === 2;
+    const model = state.info?.model || "the loaded model";
+    $("kernels-caption").textContent = two
+      ? `All ${k.count} conv1 kernels of ${model} (${k.kernel_size}×${k.kernel_size}×3), one block per tower, each kernel scaled to its own range. In the paper the two GPUs' towers specialised, one mostly colour-blind edges, the other colour blobs; the colourfulness of each tower below measures whether this model's did.`
+      : `All ${k.count} conv1 kernels of ${model} (${k.kernel_size}×${k.kernel_size}×3, one column, no towers), each scaled to its own range.`;
+    const towers = two
+      ? ` · two towers of ${k.towers[0].kernels}; mean colourfulness ${k.towers[0].mean.toFixed(2)} vs ${k.towers[1].mean.toFixed(2)}`
+      : ` · mean colourfulness ${k.towers[0].mean.toFixed(2)}`;
     $("kernels-meta").textContent = `${k.count} kernels of ${k.kernel_size}×${k.kernel_size}×3${towers}`;
+    $("kernels").alt = `Grid of the ${k.count} learned conv1 kernels of ${model}`;
   } catch (err) {
     $("kernels-meta").textContent = `Kernels unavailable: ${err.message}`;
   }
@@ -469,7 +595,7 @@ async function loadAnatomy() {
   $("anatomy-layers").replaceChildren(...buttons);
   const t = a.totals;
   const [, h, w] = a.input_shape;
-  $("anatomy-totals").textContent = `${a.model}, ${h}×${w}×3 input: ${fmt(t.neurons)} neurons (${fmt(t.conv_neurons)} in the conv layers) · `
+  $("anatomy-totals").textContent = `${state.info?.describe || a.model}. ${h}×${w}×3 input: ${fmt(t.neurons)} neurons (${fmt(t.conv_neurons)} in the conv layers) · `
     + `${fmt(t.params)} parameters · ${fmt(t.connections)} connections (multiply-adds per image: conv ${fmt(t.conv_connections)} + fc ${fmt(t.fc_connections)}). `
     + "Bars: each layer's share of the connections.";
   showLayer(0);
@@ -865,6 +991,312 @@ function initStencil() {
   $("stencil2-next").addEventListener("click", () => pickKernel2(1));
 }
 
+// ------------------------------------------------------------------ evidence: atlas, probes, units, attribution
+
+// The image-specific endpoints, for a dataset image or an upload the server has forgotten.
+async function fetchFor(path, query = "") {
+  const cur = state.current;
+  const q = query ? `&${query}` : "";
+  try {
+    return await api(`${path}?image=${encodeURIComponent(cur.id)}${q}`);
+  } catch (err) {
+    if (err.status === 404 && cur.file && /no longer cached/.test(err.message)) {
+      const form = new FormData();
+      form.append("file", cur.file, cur.file.name);
+      return api(`${path}?${query}`, { method: "POST", body: form });
+    }
+    throw err;
+  }
+}
+
+function renderAtlasStatus() {
+  const s = state.atlasStatus;
+  let text = "";
+  if (!s) text = "";
+  else if (s.ready) {
+    text = `Unit atlas: each conv channel's top ${s.top_k} patches over ${fmt(s.sample)} training images${s.built ? `, built in ${s.seconds} s` : ", read from the cache"}; `
+      + (s.probes ? "a linear probe per layer" : "no probes") + (s.calibrated ? "; out-of-class check calibrated on validation images." : ".");
+  } else if (!s.available) text = `No unit atlas: ${s.reason}. The captions say so; live activations still work.`;
+  else if (s.error) text = `The unit atlas could not be built (${s.error}); live activations still work.`;
+  else text = `Building the unit atlas from the training images (${s.seconds ?? 0} s so far): captions, probes and top patches appear when it is ready.`;
+  $("atlas-status").textContent = text;
+}
+
+function applyAtlas() {
+  renderAtlasStatus();
+  for (const span of document.querySelectorAll("#pipeline .measured")) {
+    const la = state.atlas?.layers?.[span.dataset.layer];
+    if (la) {
+      const s = la.summary;
+      span.textContent = `${Math.round(100 * (s.oriented_edge + s.colour_edge))}% oriented · ${Math.round(100 * s.colour_blob)}% colour blobs`;
+      span.title = la.caption;
+    } else {
+      span.textContent = state.atlasStatus?.available === false ? "not measured" : "measuring…";
+    }
+  }
+  for (const p of document.querySelectorAll("#layers .layer-caption")) {
+    p.textContent = layerCaption(p.closest(".layer").dataset.layer);
+  }
+  if (state.unit) openUnit(state.unit.layer, state.unit.channel, state.unit.trigger, false);
+  if (state.analysis) {
+    loadKnowledge(state.token);
+    refreshScope(state.token);
+  }
+}
+
+async function loadAtlas() {
+  for (;;) {
+    let info;
+    try {
+      info = await api("/api/info");
+    } catch {
+      await sleep(3000);
+      continue;
+    }
+    state.atlasStatus = info.atlas;
+    if (info.atlas.ready) {
+      try {
+        state.atlas = await api("/api/atlas");
+      } catch (err) {
+        state.atlasStatus = { ...info.atlas, ready: false, error: err.message };
+      }
+      applyAtlas();
+      return;
+    }
+    if (!info.atlas.building) {
+      applyAtlas();
+      return;
+    }
+    renderAtlasStatus();
+    await sleep(1500);
+  }
+}
+
+async function refreshScope(token) {  // the out-of-class verdict, once the calibration exists
+  if (!state.current || !state.analysis) return;
+  try {
+    const p = await fetchFor("/api/predict");
+    if (token !== state.token || !state.analysis) return;
+    state.analysis.predictions.scope = p.scope;
+    if (!$("result").hidden) renderScope();
+  } catch { /* the answer's note keeps its earlier wording */ }
+}
+
+async function loadKnowledge(token) {
+  if (!state.current || !state.atlas || !state.atlasStatus?.probes) return;
+  try {
+    const k = await fetchFor("/api/knowledge");
+    if (token !== state.token) return;
+    state.knowledge = k;
+  } catch (err) {
+    if (token === state.token) $("depth-cap").textContent = `What each layer knows is unavailable: ${err.message}`;
+    return;
+  }
+  renderKnowledge();
+}
+
+// Beat 3 builds toward the label: each revealed layer adds its probe's probability of the
+// label to the curve, so the reader watches it rise (or not) with depth.
+function renderKnowledge() {
+  const k = state.knowledge;
+  const host = $("depth-chart");
+  for (const p of document.querySelectorAll("#layers .knows")) p.textContent = "";
+  if (!k || !state.analysis) {
+    host.replaceChildren();
+    $("depth-cap").textContent = state.atlasStatus?.available === false
+      ? "No probes (no training data was given), so how much each layer knows cannot be measured."
+      : "How much each layer already knows about the label appears here as you reveal layers.";
+    return;
+  }
+  const full = state.revealed >= LAYERS.length;
+  const shown = k.layers.filter((row) => (LAYERS.includes(row.layer) ? LAYERS.indexOf(row.layer) < state.revealed : full));
+  for (const row of shown) {
+    const p = document.querySelector(`#layers .knows[data-layer="${row.layer}"]`);
+    if (!p) continue;
+    const bar = el("span", { class: "knows-bar" });
+    bar.style.width = `${Math.max(1, row.prob * 100).toFixed(1)}%`;
+    p.replaceChildren(el("span", { class: "knows-track", "aria-hidden": "true" }, bar),
+      el("span", { text: `A linear probe on ${row.layer} gives “${k.target.name}” ${pct(row.prob)} (chance ${pct(k.chance)}); its best guess: “${row.top.name}”${row.val_accuracy !== null ? ` · right on ${pct(row.val_accuracy)} of validation images` : ""}` }));
+  }
+  const W = Math.max(300, Math.round(host.clientWidth || 560)), H = 176, m = { l: 40, r: 14, t: 22, b: 30 };
+  const narrow = W < 460;
+  const n = k.layers.length;
+  const pad = 22;  // the first and last points clear of the axis labels
+  const x = (i) => m.l + pad + (i * (W - m.l - m.r - 2 * pad)) / Math.max(1, n - 1);
+  const y = (v) => m.t + (1 - v) * (H - m.t - m.b);
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": `Probability of “${k.target.name}” by layer: ${shown.map((r) => `${r.layer} ${pct(r.prob)}`).join(", ") || "no layer revealed yet"}` });
+  for (const v of [0, 0.5, 1]) {
+    root.append(svg("line", { class: "grid", x1: m.l, x2: W - m.r, y1: y(v), y2: y(v) }));
+    root.append(svg("text", { class: "axis", x: m.l - 6, y: y(v) + 4, "text-anchor": "end" }, `${v * 100}%`));
+  }
+  root.append(svg("line", { class: "chance", x1: m.l, x2: W - m.r, y1: y(k.chance), y2: y(k.chance) }));
+  // A legend in the strip above the plot: values sit next to their points, never up there.
+  root.append(svg("text", { class: "chance-label", x: W - m.r, y: 11, "text-anchor": "end" }, `dashed line: chance (${pct(k.chance)})`));
+  k.layers.forEach((row, i) => root.append(svg("text", { class: row.kind === "model" ? "axis model" : "axis", x: x(i), y: H - 10, "text-anchor": "middle" }, narrow ? row.layer.replace("conv", "c") : row.layer)));
+  if (shown.length) {
+    const path = shown.map((row, i) => `${i ? "L" : "M"}${x(k.layers.indexOf(row)).toFixed(1)},${y(row.prob).toFixed(1)}`).join("");
+    root.append(svg("path", { class: "depth-line", d: path }));
+    for (const row of shown) {
+      const i = k.layers.indexOf(row);
+      root.append(svg("circle", { class: row.kind === "model" ? "depth-pt model" : "depth-pt", cx: x(i), cy: y(row.prob), r: 4.5 }));
+      root.append(svg("text", { class: "depth-val", x: x(i), y: y(row.prob) + (row.prob > 0.85 ? 17 : -9), "text-anchor": "middle" }, pct(row.prob)));
+    }
+  }
+  host.replaceChildren(root);
+  $("depth-cap").textContent = `How much each layer already knows about “${k.target.name}” (${k.target.source}): a linear probe on the layer's pooled activations, fitted on training images, gives this probability; fc8 is the model's own softmax over the ${k.classes} classes. `
+    + (full ? "All layers revealed." : `${state.revealed} of ${LAYERS.length} conv layers revealed; fc6, fc7 and fc8 follow after conv5.`);
+}
+
+// ---- one channel
+
+async function openUnit(layer, channel, trigger, focus = true) {
+  state.unit = { layer, channel, trigger };
+  const panel = $("unit");
+  panel.hidden = false;
+  panel.dataset.layer = layer;
+  panel.dataset.channel = String(channel);
+  panel.setAttribute("aria-busy", "true");
+  $("unit-title").textContent = `${layer} · channel ${channel}`;
+  $("unit-fv-img").hidden = true;
+  $("unit-featvis").hidden = false;
+  $("unit-featvis").disabled = false;
+  $("unit-fv-cap").textContent = "Feature visualisation: gradient ascent on the input, on demand";
+  if (focus) {
+    $("unit-title").focus({ preventScroll: true });
+    panel.scrollIntoView({ block: "nearest", behavior: reducedMotion() ? "auto" : "smooth" });
+  }
+  const token = state.token;
+  let u;
+  try {
+    u = await fetchFor("/api/unit", `layer=${layer}&channel=${channel}`);
+  } catch (err) {
+    $("unit-stats").textContent = `This channel is unavailable: ${err.message}`;
+    panel.removeAttribute("aria-busy");
+    return;
+  }
+  if (token !== state.token || state.unit?.layer !== layer || state.unit?.channel !== channel) return;
+  $("unit-map").src = u.map;
+  $("unit-map").alt = `${layer} channel ${channel}: its ${u.shape[0]}×${u.shape[1]} activation map on “${u.image.name}”, enlarged`;
+  $("unit-map-cap").textContent = `Its ${u.shape[0]}×${u.shape[1]} map on this image (max ${u.max}, mean ${u.mean}; ${ordinal(u.rank)} most active of ${u.channels})`.replace("; 1st most active", "; the most active");
+  $("unit-overlay").src = u.overlay;
+  $("unit-overlay").alt = `Where ${layer} channel ${channel} fires on “${u.image.name}”`;
+  const at = u.atlas;
+  if (!at.ready) {
+    $("unit-patches").replaceChildren();
+    $("unit-stats").textContent = at.message;
+  } else {
+    $("unit-patches").replaceChildren(...at.hits.map((h, r) => el("li", {},
+      el("img", { src: h.patch, alt: `Top patch ${r + 1}: a ${at.receptive_field}-pixel field of a training image of “${h.name}”, activation ${h.value.toFixed(2)}` }),
+      el("span", { text: h.name }))));
+    const st = at.stats;
+    const kind = st.coherence >= at.thresholds.oriented ? (st.colour > st.luminance && st.colour > at.thresholds.coloured ? "a colour edge" : "an oriented edge")
+      : st.colour > st.luminance && st.colour > at.thresholds.coloured ? "a colour blob" : "neither an oriented edge nor a colour blob";
+    $("unit-stats").textContent = `What its top ${at.hits.length} patches (${at.receptive_field}×${at.receptive_field} px receptive fields, from ${fmt(at.sample)} training images) have in common, measured on their mean: orientation coherence ${st.coherence.toFixed(2)} (oriented from ${at.thresholds.oriented}), colour ${st.colour.toFixed(3)} vs luminance ${st.luminance.toFixed(3)}, so ${kind}; ${pct(st.purity)} of them from one class.`;
+  }
+  panel.removeAttribute("aria-busy");
+}
+
+function ordinal(n) {
+  const s = ["th", "st", "nd", "rd"], v = n % 100;
+  return `${n}${s[(v - 20) % 10] || s[v] || s[0]}`;
+}
+
+function closeUnit(restore = true) {
+  const u = state.unit;
+  state.unit = null;
+  $("unit").hidden = true;
+  if (restore && u?.trigger && document.contains(u.trigger)) u.trigger.focus();
+}
+
+async function unitFeatvis() {
+  const u = state.unit;
+  if (!u) return;
+  const btn = $("unit-featvis");
+  btn.disabled = true;
+  $("unit-fv-cap").textContent = "Optimising an input for this channel…";
+  try {
+    const f = await api(`/api/featvis?layer=${u.layer}&unit=${u.channel}`);
+    if (state.unit !== u) return;
+    const img = $("unit-fv-img");
+    img.src = f.png;
+    img.alt = `An input optimised to excite ${u.layer} channel ${u.channel}`;
+    img.hidden = false;
+    btn.hidden = true;
+    $("unit-fv-cap").textContent = `The input that excites this channel most: ${f.steps} steps of gradient ascent (decorrelated colour, jitter), ${f.computed ? `computed in ${f.seconds} s` : "from the cache"}.`;
+    $("unit-title").focus({ preventScroll: true });  // the button is gone: keep the keyboard in the panel
+  } catch (err) {
+    $("unit-fv-cap").textContent = `Feature visualisation unavailable: ${err.message}`;
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---- why this answer
+
+function setupExplain() {
+  const a = state.analysis;
+  const sel = $("explain-class");
+  const top = a.predictions.top.map((t) => t.index);
+  const names = state.info.classes;
+  const options = [...top, ...names.map((_, i) => i).filter((i) => !top.includes(i))];
+  sel.replaceChildren(...options.map((i) => el("option", { value: String(i), text: `${names[i]}${i === top[0] ? " (its answer)" : ""}${a.predictions.true_label?.index === i ? " (true label)" : ""}` })));
+  sel.value = String(top[0]);
+  runExplain();
+}
+
+async function runExplain() {
+  const target = Number($("explain-class").value);
+  $("explain-fv").hidden = true;  // the optimised input belongs to the previous class: offer it anew
+  $("explain-featvis").hidden = false;
+  $("explain-fv-cap").textContent = "What fc8's unit for the class responds to most (gradient ascent, on demand)";
+  const token = state.token;
+  const meta = $("explain-meta");
+  meta.textContent = `Explaining “${state.info.classes[target]}”…`;
+  $("explain").setAttribute("aria-busy", "true");
+  try {
+    const r = await fetchFor("/api/attribution", `target=${target}`);
+    if (token !== state.token || Number($("explain-class").value) !== target) return;
+    const t = r.targets[0];
+    $("explain-occ").src = t.occlusion.overlay;
+    $("explain-occ").alt = `Occlusion map for “${t.name}”`;
+    $("explain-occ-cap").textContent = `Occlusion (${r.occlusion_window.window}px square, stride ${r.occlusion_window.stride}): probability drops up to ${pct(Math.max(0, t.occlusion.max))}`;
+    $("explain-cam").src = t.gradcam.overlay;
+    $("explain-cam").alt = `Grad-CAM map for “${t.name}”`;
+    $("explain-cam-cap").textContent = `Grad-CAM at ${t.gradcam.params.layer}`;
+    meta.textContent = `“${t.name}”: the model gives it ${pct(t.prob)}. Computing the maps took ${t.occlusion.compute_seconds.toFixed(2)} s (occlusion) and ${t.gradcam.compute_seconds.toFixed(2)} s (Grad-CAM) on the server; this answer took ${(r.seconds.occlusion + r.seconds.gradcam).toFixed(2)} s (maps are cached).`;
+  } catch (err) {
+    if (token === state.token) meta.textContent = `Attribution unavailable: ${err.message}`;
+  } finally {
+    $("explain").removeAttribute("aria-busy");
+  }
+}
+
+async function explainFeatvis() {
+  const target = Number($("explain-class").value);
+  const btn = $("explain-featvis");
+  btn.disabled = true;
+  try {
+    const f = await api(`/api/featvis?layer=fc8&unit=${target}`);
+    $("explain-fv").src = f.png;
+    $("explain-fv").alt = `An input optimised for the class “${f.class}”`;
+    $("explain-fv").hidden = false;
+    btn.hidden = true;
+    $("explain-fv-cap").textContent = `The input that excites fc8's “${f.class}” unit most: ${f.steps} steps of gradient ascent${f.computed ? `, ${f.seconds} s` : ", from the cache"}.`;
+  } catch (err) {
+    $("explain-fv-cap").textContent = `Feature visualisation unavailable: ${err.message}`;
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+function initEvidence() {
+  $("unit-close").addEventListener("click", () => closeUnit());
+  $("unit").addEventListener("keydown", (e) => { if (e.key === "Escape") closeUnit(); });
+  $("unit-featvis").addEventListener("click", unitFeatvis);
+  $("explain-class").addEventListener("change", runExplain);
+  $("explain-featvis").addEventListener("click", explainFeatvis);
+}
+
 // ------------------------------------------------------------------ start
 
 async function init() {
@@ -888,21 +1320,24 @@ async function init() {
   const info = state.info;
   $("model-chip").classList.add("live");
   const data = info.data ? ` · data: ${info.data}` : "";
-  $("model-text").textContent = `Live: ${info.model} · ${info.num_classes} classes · ${info.input_size}×${info.input_size} input${data}`;
-  $("footer-model").textContent = `${info.model}${info.checkpoint ? `, ${info.checkpoint}` : ""}`;
+  $("model-text").textContent = `Live: ${info.describe}${data}`;
+  $("footer-model").textContent = `${info.describe}${info.checkpoint ? `; file ${info.checkpoint}` : ""}`;
   $("upload-hint").textContent = `JPEG, PNG, GIF, WebP or BMP up to ${(info.limits.max_upload_bytes / 1048576).toFixed(0)} MB · or drop it here`;
   $("pipe-input-size").textContent = `${info.input_size}×${info.input_size} pixels`;
   drawChart();
   let resizeTimer = 0;
-  window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawChart, 120); });
+  window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(() => { drawChart(); renderKnowledge(); }, 120); });
   renderLayerSlots();
   renderStatus();
   loadKernels();
   loadAnatomy();
+  initEvidence();
+  loadAtlas();
 
   const { images } = await api("/api/gallery");
   state.gallery = images;
-  $("gallery-empty").hidden = images.length > 0;
+  $("gallery-empty").hidden = images.length > 0 && info.gallery_source === "dataset";
+  if (info.gallery_note) $("gallery-empty").textContent = `${info.gallery_note[0].toUpperCase()}${info.gallery_note.slice(1)}.`;
   $("gallery").replaceChildren(...images.map((g) => el("li", {},
     (() => {
       const b = el("button", { type: "button", "data-id": g.id, "aria-pressed": "false", title: g.name },
