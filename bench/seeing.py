@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_hardware(device))
 
     from alexnet.analysis.atlas import build_atlas
-    from alexnet.checkpoint import _imagenet_meta, load_model
+    from alexnet.checkpoint import imagenet_meta, load_model
 
     if args.tiny:
         from alexnet.checkpoint import ModelMeta
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             from alexnet.models import create_model
 
-            m, mt = create_model("alexnet_owt").eval(), _imagenet_meta("alexnet_owt", 1000)
+            m, mt = create_model("alexnet_owt").eval(), imagenet_meta("alexnet_owt", 1000)
             imgs = torch.randint(0, 256, (args.repeats + 1, 3, 256, 256), dtype=torch.uint8)
         lat = time_attribution(m, mt, imgs, device, args.repeats)
         print(f"attribution, {name} ({mt.input_size} px input): occlusion {lat['occlusion'] * 1e3:.0f} ms, "

@@ -26,7 +26,7 @@ from alexnet.analysis.atlas import (
     purity,
     receptive_fields,
 )
-from alexnet.checkpoint import _imagenet_meta, load_model
+from alexnet.checkpoint import imagenet_meta, load_model
 from alexnet.cli import main
 from alexnet.data.splits import open_splits
 from alexnet.errors import IndexFormatError
@@ -190,8 +190,8 @@ def test_atlas_of_a_torchvision_layout_model() -> None:
     torch.manual_seed(0)
     model = create_model("alexnet_owt").eval()
     with torch.no_grad():
-        model.features[0].bias[0] = -1e6  # conv1 channel 0 never fires
-    meta = _imagenet_meta("alexnet_owt", 1000)
+        model.conv1.bias[0] = -1e6  # conv1 channel 0 never fires
+    meta = imagenet_meta("alexnet_owt", 1000)
 
     class Tiny(torch.utils.data.Dataset):
         def __init__(self) -> None:

@@ -14,7 +14,7 @@ from test_analysis_support import TinyRun
 
 from alexnet.analysis.attribution import Attributor, overlay, randomised, sanity_check, spearman
 from alexnet.analysis.featvis import cached_visualisation, visualise
-from alexnet.checkpoint import _imagenet_meta, load_model
+from alexnet.checkpoint import imagenet_meta, load_model
 from alexnet.cli import main
 from alexnet.data.splits import open_splits
 from alexnet.errors import EvaluationError
@@ -65,16 +65,11 @@ def test_gradcam_matches_its_definition(tiny) -> None:
     att = Attributor(model, meta, "cpu")
     maps = att.gradcam(images, targets=None, layer="conv5", relu=False)
     x = att.inputs(images)
-    acts = {}
-    h = x
-    for name, stage in model.stages():
-        h = stage(h)
-        if name == "conv5":
-            h.retain_grad()
-            acts["conv5"] = h
+    out = model.forward_layers(x, ["conv5", "fc8"])  # one pass: conv5's activation is in fc8's graph
+    a, h = out["conv5"], out["fc8"]
+    a.retain_grad()
     chosen = h.argmax(1)
     h.gather(1, chosen.unsqueeze(1)).sum().backward()
-    a = acts["conv5"]
     cam = (a.grad.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
     cam = F.interpolate(cam, size=(meta.input_size,) * 2, mode="bilinear", align_corners=False)[:, 0].detach()
     for b, m in enumerate(maps):
@@ -126,7 +121,7 @@ def test_saliency_sanity_check_randomised_weights_change_the_map(tiny, method: s
 def test_attribution_on_a_torchvision_layout_model() -> None:
     torch.manual_seed(0)
     model = create_model("alexnet_owt").eval()
-    meta = _imagenet_meta("alexnet_owt", 1000)
+    meta = imagenet_meta("alexnet_owt", 1000)
     image = torch.randint(0, 256, (1, 3, 300, 260), dtype=torch.uint8)  # any size: brought to 256, centre 224
     att = Attributor(model, meta, "cpu")
     g = att.gradcam(image, targets=7)[0]

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from alexnet.data.download import fetch, file_digest
+from alexnet.data.download import discard, fetch, file_digest
 from alexnet.errors import ChecksumError, DownloadError
 
 
@@ -91,7 +91,7 @@ def download_weights(
     path = fetch(url, dest, None, progress=progress, timeout=timeout)
     got = file_digest(path, "sha256")
     if not got.startswith(expected):
-        path.unlink(missing_ok=True)
+        discard(path)
         raise ChecksumError(
             f"{url}: SHA-256 {got[:16]}... does not start with the published {expected}; the file was deleted. "
             f"Rerun to download it again."

@@ -44,22 +44,44 @@ from alexnet.evaluation import fit_images
 METHODS = ("occlusion", "gradcam")
 
 
-class _Tapped(nn.Module):
-    """The model as one module whose stage ``layer`` output passes through ``self.tap``
-    (an identity), so Captum's layer methods see the post-ReLU stage activation."""
+def _consumer(model: nn.Module, layer: str, example: Tensor) -> nn.Module:
+    """The module that takes ``layer``'s activation as its input, found on one forward pass
+    by tensor identity (so it does not depend on what a model calls its modules): the next
+    pool, normalisation, dropout or convolution of the paper's table."""
+    if layer not in getattr(model, "layer_names", ()):
+        raise EvaluationError(f"unknown layer {layer!r}; choose from {list(getattr(model, 'layer_names', ()))}")
+    inputs: list[tuple[Tensor, nn.Module]] = []  # tensors kept alive, so their ids stay unique
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_pre_hook(lambda m, args: inputs.append((args[0], m)) if args else None)
+             for m in leaves]
+    try:
+        with torch.no_grad():
+            act = model.forward_layers(example, [layer, "fc8"])[layer]
+    finally:
+        for h in hooks:
+            h.remove()
+    for tensor, module in inputs:
+        if tensor is act:
+            return module
+    raise EvaluationError(f"{type(model).__name__}: no module takes {layer}'s activation (the last layer has none)")
 
-    def __init__(self, model: nn.Module, layer: str) -> None:
+
+class _Tapped(nn.Module):
+    """The model as one module whose ``layer`` activation passes through ``self.tap`` (an
+    identity) on its way to the next module, so Captum's layer methods see the activation
+    exactly as the model records it (post-ReLU; after LRN where the model normalises there)."""
+
+    def __init__(self, model: nn.Module, layer: str, example: Tensor) -> None:
         super().__init__()
-        if layer not in getattr(model, "layer_names", ()):
-            raise EvaluationError(f"unknown layer {layer!r}; choose from {list(getattr(model, 'layer_names', ()))}")
         self.model, self.layer, self.tap = model, layer, nn.Identity()
+        self._consumer = _consumer(model, layer, example)
 
     def forward(self, x: Tensor) -> Tensor:
-        for name, stage in self.model.stages():
-            x = stage(x)
-            if name == self.layer:
-                x = self.tap(x)
-        return x
+        hook = self._consumer.register_forward_pre_hook(lambda m, args: (self.tap(args[0]), *args[1:]))
+        try:
+            return self.model(x)
+        finally:
+            hook.remove()
 
 
 @dataclass
@@ -191,8 +213,8 @@ class Attributor:
         (``relu=False``: keep the negative evidence that Grad-CAM's final ReLU removes)."""
         from captum.attr import LayerAttribution, LayerGradCam
 
-        tapped = _Tapped(self.model, layer)
         size = self.meta.input_size
+        tapped = _Tapped(self.model, layer, torch.zeros(1, 3, size, size, device=self.device))
 
         def compute(x: Tensor, t: list[int]) -> Tensor:
             cam = LayerGradCam(tapped, tapped.tap)

@@ -167,6 +167,14 @@ def _open(url: str, start: int, timeout: float):
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
+def discard(dest: str | os.PathLike) -> None:
+    """Remove a downloaded file and its completeness marker (a file found wrong after the
+    download, e.g. by a checksum its caller checks): the next fetch starts afresh."""
+    dest = Path(dest)
+    dest.unlink(missing_ok=True)
+    _complete_marker(dest).unlink(missing_ok=True)
+
+
 def _complete_marker(dest: Path) -> Path:
     """Written beside ``dest`` when its length was checked: only such a file is reused unverified."""
     return dest.with_name(dest.name + ".complete")
@@ -647,8 +655,7 @@ def download_dataset(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     if not keep_archive:
-        archive.unlink(missing_ok=True)
-        _complete_marker(archive).unlink(missing_ok=True)
+        discard(archive)
     if progress:
         log.info("%s: %s train + %s val images in %s", name, f"{counts['train']:,}", f"{counts['val']:,}", out)
     return out
