@@ -89,3 +89,22 @@ def test_the_embedded_dataset_stores_its_statistics(tmp_path: Path, capsys, monk
     assert main(["data", "info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "statistics: stored in" in out and "from 10 images" in out
+
+
+def test_predict_says_what_the_model_knows(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:
+    """Never a forced choice presented as recognition: predict says the model knows only its
+    N classes; once an atlas of these weights exists, whether the image looks like one."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)  # its own analysis cache
+    image = str(next((tiny_run.data / "val").glob("*/*.jpg")))
+    assert main(["predict", "--checkpoint", str(run), image, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc[0]["scope"].startswith("the model only knows these 4 classes")
+    assert "alexnet atlas" in doc[0]["scope"]
+    assert main(["atlas", "--checkpoint", str(run), "--data", str(tiny_run.data), "--sample", "48"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), image]) == 0
+    out = capsys.readouterr().out
+    assert "the model only knows these 4 classes; its confidence" in out

@@ -278,19 +278,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = device_of(args)
     model, meta = load(args.checkpoint, device)
     results = predict_files(model, meta, args.images, k=args.k, crops=args.crops, device=device)
-    if not args.json:
-        print(f"model: {meta.describe()}")
+    scope = _scope(model, meta, args.checkpoint, results)
     failed = sum("error" in r for r in results)
     if args.json:
         doc = [
             {"path": r["path"], "error": r["error"]}
             if "error" in r
-            else {"path": r["path"], "top": [p._asdict() for p in r["top"]]}
-            for r in results
+            else {"path": r["path"], "top": [p._asdict() for p in r["top"]], "scope": scope[i]}
+            for i, r in enumerate(results)
         ]
         write_json(doc, "-")
     else:
-        for r in results:
+        print(f"model: {meta.describe()}")
+        for i, r in enumerate(results):
             if "error" in r:
                 warn(f"error: {r['error']}")
                 continue
@@ -298,9 +298,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for p in r["top"]:
                 bar = "#" * round(p.prob * 30)
                 print(f"  {p.prob * 100:6.2f}%  {p.name[:36]:<36}  {bar}")
+            print(f"  ({scope[i]})")
     if failed:
         warn(f"{failed} of {len(results)} image(s) could not be read")
     return 1 if failed else 0
+
+
+def _scope(model: Any, meta: Any, checkpoint: str, results: list[dict[str, Any]]) -> list[str]:
+    """What each answer is worth, in words: the model knows only its N classes (never a forced
+    choice presented as recognition), and, where an atlas of these weights has calibrated the
+    out-of-class check, whether the image looks like one of them."""
+    import torch
+
+    from alexnet.analysis.atlas import cache_root, load_atlas
+    from alexnet.analysis.probes import outside_classes
+    from alexnet.runs import model_path
+
+    atlas = load_atlas(model, cache_root(model_path(checkpoint)))
+    shown = ", ".join(meta.class_names[:5]) + (", ..." if meta.num_classes > 5 else "")
+    plain = (f"the model only knows these {meta.num_classes} classes ({shown}); an image of anything else "
+             f"still gets one of them. `alexnet atlas` calibrates a check for that")
+    out = []
+    for r in results:
+        if "error" in r or atlas is None or atlas.ood is None:
+            out.append(plain)
+        else:
+            out.append(outside_classes(torch.tensor([[r["top"][0].prob]]), atlas.ood)[0].message)
+    return out
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
