@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "alexnet.errors": 0,
     "alexnet.files": 0,
     "alexnet.devices": 0,
+    "alexnet.lru": 0,
     "alexnet.layers": 1,
     "alexnet.models": 2,
     "alexnet.anatomy": 2,

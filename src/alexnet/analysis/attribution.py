@@ -26,9 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +38,7 @@ from torch import Tensor, nn
 from alexnet.checkpoint import ModelMeta
 from alexnet.errors import EvaluationError
 from alexnet.evaluation import fit_images
+from alexnet.lru import LRU
 
 METHODS = ("occlusion", "gradcam")
 
@@ -130,9 +129,7 @@ class Attributor:
         self.model = model.to(self.device).eval()
         self.meta = meta
         self.transform = meta.eval_transform().to(self.device)
-        self._cache: OrderedDict[str, AttributionMap] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache: LRU[AttributionMap] = LRU(cache_size)
 
     # ------------------------------------------------------------------ helpers
 
@@ -165,24 +162,15 @@ class Attributor:
             hashlib.sha1(images[i].numpy().tobytes() + repr((tuple(images[i].shape), method, t, sorted(params.items()))).encode()).hexdigest()
             for i, t in enumerate(chosen)
         ]
-        out: list[AttributionMap | None] = []
-        with self._lock:
-            for k in keys:
-                hit = self._cache.get(k)
-                if hit is not None:
-                    self._cache.move_to_end(k)
-                out.append(hit)
+        out: list[AttributionMap | None] = [self._cache.get(k) for k in keys]
         todo = [i for i, m in enumerate(out) if m is None]
         if todo:
             start = time.perf_counter()
             maps = compute(x[todo], [chosen[i] for i in todo])
             each = (time.perf_counter() - start) / len(todo)
-            with self._lock:
-                for j, i in enumerate(todo):
-                    out[i] = AttributionMap(method, chosen[i], maps[j].float().cpu(), probs[i], each, dict(params))
-                    self._cache[keys[i]] = out[i]
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+            for j, i in enumerate(todo):
+                out[i] = self._cache.put(
+                    keys[i], AttributionMap(method, chosen[i], maps[j].float().cpu(), probs[i], each, dict(params)))
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ methods

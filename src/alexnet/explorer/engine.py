@@ -21,7 +21,6 @@ import hashlib
 import logging
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from alexnet.explorer.common import (  # re-exported: the engine's public helper
     overlay,
     png_bytes,
 )
+from alexnet.lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -224,16 +224,14 @@ class Engine:
         self.max_batch = max_batch
         self._analysis_slots = threading.BoundedSemaphore(max_batch)
         self._decode_slots = threading.BoundedSemaphore(2)
-        self._cache: OrderedDict[str, Analysis] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()
-        self._jpeg_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache: LRU[Analysis] = LRU(cache_size)
+        self._jpeg_cache: LRU[bytes] = LRU(512)
         self.splits: dict[str, Any] = {}
         self.gallery: list[ImageRecord] = []
         self.index = NeighborIndex()
         self._kernels: dict[str, Any] | None = None
         self._anatomy: dict[str, Any] | None = None
-        self._conv_io: OrderedDict[tuple[str, str], tuple[dict[str, Any], Tensor, Tensor, Tensor]] = OrderedDict()
+        self._conv_io: LRU[tuple[dict[str, Any], Tensor, Tensor, Tensor]] = LRU(8)
         self.samples: dict[str, np.ndarray] = {}  # scikit-image's example photos, by name
         self.sample_expected: dict[str, list[str]] = {}  # the class names a right answer would be
         self.gallery_source: str | None = None
@@ -347,17 +345,11 @@ class Engine:
             return encode_jpeg(sample, quality=90)
         split, index = self.parse_id(image_id)
         key = f"{split}-{index}"
-        with self._cache_lock:
-            if key in self._jpeg_cache:
-                self._jpeg_cache.move_to_end(key)
-                return self._jpeg_cache[key]
+        hit = self._jpeg_cache.get(key)
+        if hit is not None:
+            return hit
         arr, _ = self._load_item(split, index)
-        data = encode_jpeg(arr, quality=90)
-        with self._cache_lock:
-            self._jpeg_cache[key] = data
-            while len(self._jpeg_cache) > 512:
-                self._jpeg_cache.popitem(last=False)
-        return data
+        return self._jpeg_cache.put(key, encode_jpeg(arr, quality=90))
 
     # ------------------------------------------------------------------ uploads
 
@@ -492,23 +484,13 @@ class Engine:
         )
 
     def _cached(self, key: str, make: Callable[[], Analysis]) -> Analysis:
-        with self._cache_lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
-        result = make()
-        with self._cache_lock:
-            self._cache[key] = result
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return result
+        hit = self._cache.get(key)
+        return hit if hit is not None else self._cache.put(key, make())
 
     def analyse_id(self, image_id: str) -> Analysis:
         """Analysis of a dataset image (``val-3``) or of a recent upload (``upload-<hash>``)."""
         if image_id.startswith("upload-"):
-            with self._cache_lock:
-                hit = self._cache.get(image_id)
+            hit = self._cache.get(image_id)
             if hit is None:
                 raise ExplorerError(404, "this upload is no longer cached; upload the file again")
             return hit
@@ -643,11 +625,9 @@ class Engine:
         ``Conv2d`` the pass runs, conv2 the second. Cached per (image, layer), bounded.
         """
         key = (a.id, layer)
-        with self._cache_lock:
-            hit = self._conv_io.get(key)
-            if hit is not None:
-                self._conv_io.move_to_end(key)
-                return hit
+        hit = self._conv_io.get(key)
+        if hit is not None:
+            return hit
         if a.image is None:
             raise ExplorerError(404, "this image's pixels are no longer cached; choose it again")
         captured: list[tuple[nn.Conv2d, Tensor, Tensor]] = []
@@ -685,11 +665,7 @@ class Engine:
             "bias": None if conv.bias is None else conv.bias.detach().float().cpu(),
         }
         result = (geometry, inp[0], out[0], stage)
-        with self._cache_lock:
-            self._conv_io[key] = result
-            while len(self._conv_io) > 8:
-                self._conv_io.popitem(last=False)
-        return result
+        return self._conv_io.put(key, result)
 
     def stencil(self, a: Analysis, layer: str, kernel: int) -> dict[str, Any]:
         """One kernel of conv1 or conv2 as a stencil over its input, for the page to slide.

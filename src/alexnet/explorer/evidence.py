@@ -27,7 +27,6 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,6 +45,7 @@ from alexnet.explorer.common import (
     overlay,
     png_bytes,
 )
+from alexnet.lru import LRU
 
 if TYPE_CHECKING:
     from alexnet.analysis.atlas import Atlas
@@ -119,9 +119,8 @@ class Evidence:
         self._attributor: Any = None
         self._slots = threading.BoundedSemaphore(max_jobs)
         self.wait_seconds = wait_seconds
-        self._lock = threading.Lock()
-        self._acts: OrderedDict[tuple[str, str], Tensor] = OrderedDict()
-        self._knowledge: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._acts: LRU[Tensor] = LRU(16)
+        self._knowledge: LRU[dict[str, Any]] = LRU(64)
         self._step_seconds: float | None = None
         self._unit_counts: dict[str, int] = {}
 
@@ -221,19 +220,12 @@ class Evidence:
     def _activation(self, a: Analysis, layer: str) -> Tensor:
         """``layer``'s whole activation [C, H, W] on the analysed image (cached, bounded)."""
         key = (a.id, layer)
-        with self._lock:
-            hit = self._acts.get(key)
-            if hit is not None:
-                self._acts.move_to_end(key)
-                return hit
+        hit = self._acts.get(key)
+        if hit is not None:
+            return hit
         if a.image is None:
             raise ExplorerError(404, "this image's pixels are no longer cached; choose it again")
-        act = self.engine._forward_one(a.image, [layer])[layer][0]
-        with self._lock:
-            self._acts[key] = act
-            while len(self._acts) > 16:
-                self._acts.popitem(last=False)
-        return act
+        return self._acts.put(key, self.engine._forward_one(a.image, [layer])[layer][0])
 
     def unit(self, a: Analysis, layer: str, channel: int) -> dict[str, Any]:
         """One channel: its activation map on this image, enlarged, and its top training patches."""
@@ -304,8 +296,7 @@ class Evidence:
         if atlas.probes is None:
             raise ExplorerError(404, "the stored atlas has no probes")
         key = a.id
-        with self._lock:
-            hit = self._knowledge.get(key)
+        hit = self._knowledge.get(key)
         if hit is not None:
             return hit
         if a.image is None:
@@ -340,11 +331,7 @@ class Evidence:
             "chance": round(1.0 / max(1, len(probes.classes)), 6),
             "layers": layers,
         }
-        with self._lock:
-            self._knowledge[key] = out
-            while len(self._knowledge) > 64:
-                self._knowledge.popitem(last=False)
-        return out
+        return self._knowledge.put(key, out)
 
     def verdict(self, probs: np.ndarray) -> dict[str, Any]:
         """Whether an answer can be read as recognition: always the model's class count; with the
