@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_training import cli_env, train_args, weights, write_folder_dataset
-from test_training_faults import _children, _torchrun, wait_for
+from test_training_faults import _children, wait_for
 
 from alexnet.checkpoint import load_checkpoint
 
@@ -39,8 +39,12 @@ def _agent(data: Path, out: Path, endpoint: str, run_id: str, *extra: str) -> li
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id, "--local-addr", "127.0.0.1",
         *extra, "-m", "alexnet",
-        *train_args(data, out, "--epochs", "4", "--batch-size", "4", "--checkpoint-every", "3", "--log-every", "3"),
+        *train_args(data, out, *RUN),
     ]
+
+
+# Long enough (144 steps) that a kill after the first checkpoint (step 3) lands mid-run.
+RUN = ("--epochs", "12", "--batch-size", "4", "--checkpoint-every", "3", "--log-every", "3")
 
 
 def _two_nodes(data: Path, out: Path, logs: Path, *extra: str) -> list[subprocess.Popen]:
@@ -73,14 +77,19 @@ def data(tmp_path_factory) -> Path:
 def one_node(data, tmp_path_factory) -> Path:
     """The reference: one node, two workers, the same global batch (2 x 4)."""
     out = tmp_path_factory.mktemp("one_node") / "run"
-    ref = subprocess.run(_torchrun(data, out), env=cli_env(), capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", "1", "-m", "alexnet", *train_args(data, out, *RUN)]
+    ref = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-3000:]
     return out
 
 
 def test_two_nodes_train_like_one(data, one_node, tmp_path, figure):
     out = tmp_path / "run"
-    procs = _two_nodes(data, out, tmp_path)
+    # --max-restarts 1: a worker that torch's teardown aborts after the run is done ("terminate
+    # called without an active exception", seen rarely under load) is restarted, finds the run
+    # finished and exits; the figures below are still the run's own.
+    procs = _two_nodes(data, out, tmp_path, "--max-restarts", "1")
     _finish(procs)
     logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-2000:] for i in range(2))
     assert [p.returncode for p in procs] == [0, 0], logs
@@ -106,9 +115,11 @@ def test_a_killed_worker_on_one_node_recovers_the_job(data, one_node, tmp_path, 
         _finish(procs)
     logs = "\n".join((tmp_path / f"node{i}.log").read_text() for i in range(2))
     assert [p.returncode for p in procs] == [0, 0], logs[-4000:]
-    assert "(restart 1)" in logs and "(restart 2)" not in logs, logs[-4000:]
+    # One restart round: the workers resumed once, from last.pt (rank 0 says so; its node's
+    # agent may count no restart of its own when the failed worker was on the other node).
+    assert logs.count("resumed from") == 1 and "(restart 2)" not in logs, logs[-4000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["step"] == 4 * (96 // 8)
+    assert summary["status"] == "completed" and summary["step"] == 12 * (96 // 8)
     final, expected = weights(out), weights(one_node)
     identical = sum(torch.equal(final[k], expected[k]) for k in expected)
     figure("multi-node: step of the last checkpoint when node 1's worker was killed", killed_at)

@@ -84,3 +84,17 @@ def test_records_are_never_deleted_when_last_pt_is_gone(stopped, data, capsys, r
     assert "previous run's records" in err and "nothing was deleted" in err
     assert (stopped / "metrics.jsonl").read_bytes() == metrics
     assert (stopped / "checkpoints" / "best.pt").read_bytes() == best
+
+
+def test_resuming_a_finished_run_trains_nothing_more(data, tmp_path, capsys) -> None:
+    """A later torchrun round (or a user) resuming a run that already finished its plan must
+    not train past it: the same steps, the same weights, status completed."""
+    out = tmp_path / "done"
+    assert main(train_args(data, out, "--epochs", "2")) == 0
+    before = json.loads((out / "summary.json").read_text())
+    weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(train_args(data, out, "--epochs", "2", "--resume")) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert after["step"] == before["step"] == 2 * 12 and after["status"] == "completed"
+    assert after["epochs"] == 2 and (out / "model.safetensors").read_bytes() == weights

@@ -26,6 +26,10 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     restart_count: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT: > 0 after a worker failure
+    # torchrun's job id (its --rdzv-id; a fresh one per --standalone launch). The same id in a
+    # run's config.json means this process belongs to a later round of the same job: on a
+    # node whose own workers did not fail, torchrun restarts them with restart_count still 0.
+    run_id: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -50,6 +54,7 @@ def env_info() -> DistInfo:
         world_size=num("WORLD_SIZE", 1),
         local_rank=num("LOCAL_RANK", 0),
         restart_count=num("TORCHELASTIC_RESTART_COUNT", 0),
+        run_id=os.environ.get("TORCHELASTIC_RUN_ID") or None,
     )
 
 

@@ -164,15 +164,15 @@ class Trainer:
         self.dist = D.setup(self.device)
         if self.dist.enabled and cfg.split_devices:
             raise ConfigError("config key 'split_devices': the two-device model split cannot be combined with DDP")
+        self.run_dir = Path(cfg.out)
+        self.paths = RunPaths(self.run_dir)
+        self.ckpt_dir, self.last_path, self.best_path = self.paths.checkpoints, self.paths.last, self.paths.best
         # A restarted torchrun worker continues from the last checkpoint on its own.
-        self.resume = resume or self.dist.restart_count > 0
+        self.resume = resume or self.dist.restart_count > 0 or self._later_round_of_this_job()
         self.allow_changes = allow_changes
         self.resumed_changes: dict[str, list[Any]] = {}
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
         self.is_main = self.dist.is_main
-        self.run_dir = Path(cfg.out)
-        self.paths = RunPaths(self.run_dir)
-        self.ckpt_dir, self.last_path, self.best_path = self.paths.checkpoints, self.paths.last, self.paths.best
         self._open_data(train_set, val_set)
         self._build_model()
 
@@ -520,6 +520,8 @@ class Trainer:
         first_step = self.step  # this process's first step warms up (kernels, allocator, compile)
         self.net.train()
         while True:
+            if self.epoch >= self.epochs:  # a finished run resumed (e.g. a later torchrun round): nothing to redo
+                return "completed"
             reason = None
             bar = self._progress()
             for x, y in self.train_batches.epoch(self.epoch, self.batch_in_epoch):
@@ -784,6 +786,15 @@ class Trainer:
         if self.is_main:
             logger.warning(f"warning: resuming with changed settings: {shown} (recorded in config.json)")
 
+    def _later_round_of_this_job(self) -> bool:
+        """Whether this process was restarted by torchrun within the job that wrote this run
+        (the same job id in its config.json): then it continues from ``last.pt`` like its
+        peers, even where its own agent counts no restart (another node's worker failed)."""
+        if self.dist.run_id is None:
+            return False
+        recorded = self.paths.read_config() or {}
+        return (recorded.get("run") or {}).get("torchrun_job") == self.dist.run_id
+
     def _refuse_to_overwrite_records(self) -> None:
         """A fresh start never deletes a previous run's records (metrics, best checkpoint,
         final weights, summary): with no ``last.pt`` to continue from, the run must go elsewhere."""
@@ -813,6 +824,8 @@ class Trainer:
             "image_size": self.image_size,
             "torch": torch.__version__,
         }
+        if self.dist.run_id is not None:  # a later round of this torchrun job resumes this run
+            info["torchrun_job"] = self.dist.run_id
         if self.epochs != self.cfg.epochs:
             info["epochs_first_planned"] = self.cfg.epochs  # re-planned to fit the time limit
         if self.resumed_changes:  # resumed with --allow-changes: what differs from the run's start
