@@ -108,3 +108,14 @@ def test_predict_says_what_the_model_knows(tiny_run: TinyRun, tmp_path: Path, ca
     assert main(["predict", "--checkpoint", str(run), image]) == 0
     out = capsys.readouterr().out
     assert "the model only knows these 4 classes; its confidence" in out
+
+
+def test_an_embedded_dataset_generated_before_gets_its_statistics(tmp_path: Path) -> None:
+    from alexnet.data import synth
+    from alexnet.data.stats import STATS_FILE
+
+    path = synth.ensure_embedded_dataset(tmp_path / "embedded", progress=False, num_classes=2,
+                                         train_per_class=4, val_per_class=1, size=24)
+    (path / STATS_FILE).unlink()  # as a cache made by an earlier version left it
+    assert synth.ensure_embedded_dataset(tmp_path / "embedded", progress=False) == path
+    assert (path / STATS_FILE).is_file()

@@ -614,6 +614,13 @@ def is_complete(path: str | os.PathLike) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
+def _store_stats(root: Path) -> None:
+    """Store the statistics training would otherwise estimate on every run (the same sample,
+    so the same values), so `data info` shows them for the default dataset too."""
+    train = open_folder(root, "train", validate="none")
+    save_stats_file(train.compute_stats(STATS_SAMPLE), root / STATS_FILE)
+
+
 def ensure_embedded_dataset(
     path: str | os.PathLike | None = None,
     seed: int = DEFAULT_SEED,
@@ -631,6 +638,8 @@ def ensure_embedded_dataset(
     """
     path = Path(path) if path is not None else embedded_dataset_path(seed)
     if is_complete(path):
+        if not (path / STATS_FILE).is_file():  # generated before the statistics were stored with it
+            _store_stats(path)
         return path
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise DatasetExistsError(
@@ -646,10 +655,7 @@ def ensure_embedded_dataset(
     try:
         t0 = time.perf_counter()
         generate(tmp, seed=seed, progress=progress, **options)
-        # Store the statistics training would otherwise estimate on every run (the same
-        # sample, so the same values), so `data info` shows them for the default dataset too.
-        train = open_folder(tmp, "train", validate="none")
-        save_stats_file(train.compute_stats(STATS_SAMPLE), tmp / STATS_FILE)
+        _store_stats(tmp)
         try:
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
