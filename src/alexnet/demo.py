@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.data import open_dataset, resolve_data
+from alexnet.devices import autocast_dtype
 from alexnet.models import model_info
 from alexnet.runs import RunPaths
 from alexnet.training.config import TrainConfig, from_dict, preset
@@ -60,10 +61,14 @@ def probe_epoch_seconds(cfg: TrainConfig, train_set: Any, val_images: int, secon
         model = create_model(cfg.model, num_classes=len(train_set.classes), **options)
         augment = TrainAugment(cfg.crop, train_set.stats, cfg.norm_mode, lighting=cfg.lighting)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        # The trainer's precision: bf16 autocast is 10x faster than fp32 on a CPU with AVX512-BF16,
+        # so a probe in fp32 would plan a fraction of the epochs that fit.
+        dtype = autocast_dtype(cfg.amp, torch.device("cpu"))
         done, t1, start = 0, None, time.perf_counter()
         for i in range(1000):
             x, y = batches[i % len(batches)]
-            loss = F.cross_entropy(model(augment(x)), y)
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                loss = F.cross_entropy(model(augment(x)), y)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -36,3 +36,9 @@ def native_bf16(device: torch.device) -> bool:
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
     return False
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The dtype to autocast to for the ``amp`` setting: ``bf16`` always, ``auto`` where the
+    hardware computes bf16 natively, ``none`` never (None: full fp32)."""
+    return torch.bfloat16 if amp == "bf16" or (amp == "auto" and native_bf16(device)) else None

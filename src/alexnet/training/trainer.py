@@ -61,7 +61,7 @@ from alexnet.checkpoint import (
 )
 from alexnet.data.loader import EpochBatches
 from alexnet.data.splits import open_splits
-from alexnet.devices import native_bf16, resolve_device
+from alexnet.devices import autocast_dtype, resolve_device
 from alexnet.errors import TrainingError, UsageError
 from alexnet.files import atomic_write_bytes
 from alexnet.metrics import topk_hits
@@ -292,7 +292,7 @@ class Trainer:
         if self.channels_last and not self.split:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the plain module: state dicts, evaluation
-        self.amp_dtype = torch.bfloat16 if (cfg.amp == "bf16" or (cfg.amp == "auto" and native_bf16(self.device))) else None
+        self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         net: nn.Module = model
         if self.dist.enabled:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if on_cuda else None)
