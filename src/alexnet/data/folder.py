@@ -255,7 +255,7 @@ class FolderDataset(Dataset):
         samples = [(Path(p), int(y)) for p, y in samples]
         if image_size is None:
             image_size, self.size_note = decide_image_size([p for p, _ in samples])
-            log.debug("%s: %s", root or "dataset", self.size_note)  # `data info` shows it
+            log.info("%s: %s", root or "dataset", self.size_note)
         else:
             self.size_note = f"S={int(image_size)} (given)"
         self.image_size = int(image_size)
