@@ -17,6 +17,8 @@ def test_least_recently_used_goes_first() -> None:
     c.put("c", 3)
     assert "b" not in c and c.get("a") == 1 and c.get("c") == 3 and len(c) == 2
     assert c.put("a", 9) == 9 and c.get("a") == 9 and len(c) == 2
+    c.clear()
+    assert len(c) == 0 and c.get("a") is None
 
 
 def test_bounded_under_threads() -> None:

@@ -148,7 +148,10 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(data, tmp_pa
     last = out / "checkpoints" / "last.pt"
     with log.open("w") as sink:  # a file, not a pipe: nobody reads while the workers run
         proc = subprocess.Popen(
-            _torchrun(data, out, "--max-restarts", "1", "--monitor-interval", "0.2"),
+            # One restart for the kill; a second is allowed only for torch's rare teardown abort
+            # after the run is done ("terminate called without an active exception", under load),
+            # and the assertions below check that it came only then.
+            _torchrun(data, out, "--max-restarts", "2", "--monitor-interval", "0.2"),
             env=cli_env(), stdout=sink, stderr=subprocess.STDOUT,
         )
         try:
@@ -163,7 +166,11 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(data, tmp_pa
                 proc.kill()
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
-    assert "(restart 1)" in text and "(restart 2)" not in text, text[-3000:]
+    assert "(restart 1)" in text, text[-3000:]
+    before_second, _, _ = text.partition("(restart 2)")
+    if "(restart 2)" in text:  # only torch's teardown abort, after the run was complete
+        assert "completed after 4 of 4 epochs" in before_second, text[-3000:]
+    assert before_second.count("resumed from") == 1  # the kill cost exactly one resume
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2
     assert summary["step"] == 4 * (96 // 8) and summary["epochs"] == 4
