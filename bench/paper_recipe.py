@@ -29,11 +29,13 @@ the script runs, not that anything learns.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +85,13 @@ def load_subset(root: Path, classes: int, train_per_class: int, val_per_class: i
     return train_set, InMemoryImages(upscale(va_x), va_y, names, stats=train_set.stats)
 
 
-def patch_bias_one(value: float) -> None:
-    """Make the paper's initialisation put ``value`` where it puts 1 (bench-only experiment knob)."""
+@contextlib.contextmanager
+def bias_one(value: float | None) -> Iterator[None]:
+    """Inside: the paper's initialisation puts ``value`` where it puts 1 (bench-only experiment
+    knob; ``None``: unchanged). Wraps ``models.init_paper_``, which every model's constructor calls."""
+    if value is None:
+        yield
+        return
     original = models.init_paper_
 
     def init(model: torch.nn.Module, ones: Any = ("conv2", "conv4", "conv5", "fc6", "fc7")) -> None:
@@ -95,6 +102,67 @@ def patch_bias_one(value: float) -> None:
                     module.bias.fill_(value)
 
     models.init_paper_ = init
+    try:
+        yield
+    finally:
+        models.init_paper_ = original
+
+
+# The suspects the issue names, one change each from the paper's recipe.
+SUSPECTS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "bias 0.1 (Caffe)": {"bias_one": 0.1},
+    "channel norm (unit-scale input)": {"norm_mode": "channel"},
+    "lr 0.001": {"lr": 0.001},
+}
+
+
+def diagnose(train_set: InMemoryImages, steps: int, batch_size: int, seed: int = 0,
+             suspects: dict[str, dict[str, Any]] = SUSPECTS) -> dict[str, dict[str, Any]]:
+    """A few steps of the paper's network per suspect, outside the engine so the insides show:
+    per step the loss, the largest |logit|, and the fraction of fc6 / fc7 units that are zero
+    for every image of the batch (dead ReLUs); the input's standard deviation. Same batches,
+    same initial weights (seed) for every suspect; the paper's optimiser and weight decay."""
+    from alexnet.data.transforms import TrainAugment
+    from alexnet.devices import native_bf16
+    from alexnet.training.optim import PaperSGD
+    from alexnet.training.trainer import parameter_groups
+
+    out: dict[str, dict[str, Any]] = {}
+    classes = len(train_set.classes)
+    bf16 = native_bf16(torch.device("cpu"))
+    for name, change in suspects.items():
+        lr, norm_mode = change.get("lr", 0.01), change.get("norm_mode", "image")
+        torch.manual_seed(seed)
+        with bias_one(change.get("bias_one")):
+            model = models.create_model("alexnet", num_classes=classes)
+        aug = TrainAugment(224, train_set.stats, norm_mode, lighting=0.1)
+        opt = PaperSGD(parameter_groups(model, 5e-4, False), lr=lr, momentum=0.9)
+        seen: dict[str, Tensor] = {}
+        hooks = [getattr(model, k).register_forward_hook(lambda _m, _i, o, k=k, seen=seen: seen.__setitem__(k, o.detach()))
+                 for k in ("fc6", "fc7")]
+        g = torch.Generator().manual_seed(seed)
+        rows = []
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            idx = torch.randperm(len(train_set), generator=g)[:batch_size]
+            x, y = aug(train_set.images[idx], generator=g), train_set.labels[idx]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x).float()
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            rows.append({
+                "loss": round(float(loss.detach()), 4), "max_abs_logit": round(float(logits.detach().abs().max()), 2),
+                **{f"dead_{k}": round(float((seen[k] <= 0).all(0).float().mean()), 3) for k in ("fc6", "fc7")},
+                "input_std": round(float(x.std()), 2),
+            })
+        for h in hooks:
+            h.remove()
+        out[name] = {"lr": lr, "norm_mode": norm_mode, "bias_one": change.get("bias_one", 1.0), "steps": rows,
+                     "seconds": round(time.perf_counter() - t0, 1)}
+    return out
 
 
 def verdict(losses: list[float], val_top1: float | None, classes: int, n_val: int, window: int = 10) -> dict[str, Any]:
@@ -133,6 +201,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary one)")
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     p.add_argument("--quick", action="store_true", help="pipeline check: 4 classes x 16 images, batch 16, 3 steps")
+    p.add_argument("--diagnose", type=int, default=0, metavar="STEPS",
+                   help="instead of the run: STEPS steps of each suspect (paper, bias 0.1, channel norm, lr 0.001), "
+                   "showing loss, largest logit and dead fc6/fc7 units per step")
     args = p.parse_args(argv)
     if args.quick:
         args.classes, args.train_per_class, args.val_per_class = 4, 16, 8
@@ -145,8 +216,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if data is None:
         raise SystemExit("error: no CIFAR-10 folder found; pass --data DIR")
     device = resolve_device(args.device)
-    if args.bias_one is not None:
-        patch_bias_one(args.bias_one)
     t0 = time.perf_counter()
     train_set, val_set = load_subset(Path(data), args.classes, args.train_per_class, args.val_per_class)
     load_s = time.perf_counter() - t0
@@ -160,7 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "checkpoint_minutes": 0.0, "tensorboard": False, "progress": False,
         }, preset("imagenet-paper"))
         t1 = time.perf_counter()
-        result = train(cfg, train_set=train_set, val_set=val_set)
+        with bias_one(args.bias_one):
+            result = train(cfg, train_set=train_set, val_set=val_set)
         train_s = time.perf_counter() - t1
         lines = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in lines if r["kind"] == "step"]
@@ -181,6 +251,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.diagnose:
+        data = args.data or default_data()
+        if data is None:
+            raise SystemExit("error: no CIFAR-10 folder found; pass --data DIR")
+        train_set, _ = load_subset(Path(data), args.classes, args.train_per_class, args.val_per_class)
+        found = diagnose(train_set, args.diagnose, args.batch_size, args.seed)
+        print(describe_hardware(torch.device("cpu")))
+        print(f"batch {args.batch_size}, {args.classes} classes; per step: loss / max |logit| / dead fc6 / dead fc7")
+        for name, d in found.items():
+            print(f"{name:32s} input std {d['steps'][0]['input_std']:6.2f}  " + "  ".join(
+                f"{r['loss']:.2f}/{r['max_abs_logit']:.0f}/{r['dead_fc6']:.2f}/{r['dead_fc7']:.2f}" for r in d["steps"]))
+        report = {"diagnose": found, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        return report
     r = run(args)
     print(r["hardware"])
     print(f"data: {r['data']} ({args.classes} classes, {args.train_per_class}+{args.val_per_class} per class, 256 px)")

@@ -104,11 +104,9 @@ def test_paper_recipe_bias_knob_changes_only_the_ones():
     from alexnet import models
 
     original = models.init_paper_
-    try:
-        paper_recipe.patch_bias_one(0.1)
+    with paper_recipe.bias_one(0.1):
         net = models.create_model("alexnet", num_classes=4)
-    finally:
-        models.init_paper_ = original
+    assert models.init_paper_ is original  # restored
     assert torch.all(net.conv2.bias == 0.1) and torch.all(net.fc7.bias == 0.1) and torch.all(net.conv1.bias == 0)
 
 
