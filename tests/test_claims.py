@@ -126,3 +126,12 @@ def test_quick_claim_on_real_photos(claim, tmp_path):
 def test_paper_recipe_quick(tmp_path):
     r = paper_recipe.main(["--quick", "--json", str(tmp_path / "r.json")])
     assert r["steps"] == 3 and len(r["loss_per_step"]) == 3 and r["settings"]["quick"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DATA is None, reason="no CIFAR-10 folder (../shared/data)")
+def test_paper_recipe_diagnose_runs_every_suspect():
+    train_set, _ = paper_recipe.load_subset(DATA, classes=2, train_per_class=4, val_per_class=1)
+    found = paper_recipe.diagnose(train_set, steps=1, batch_size=4)
+    assert list(found) == list(paper_recipe.SUSPECTS)
+    assert found["channel norm (unit-scale input)"]["steps"][0]["input_std"] < 2 < found["paper"]["steps"][0]["input_std"]
