@@ -141,9 +141,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optimizer": "paper",
         "weight_decay": 5e-4,
         # The paper's formula decays "w" and says nothing of biases; read literally it covers
-        # every parameter. The authors' cuda-convnet sets the weight cost per layer for the
-        # weights only (biases have their own learning rate and no decay), as does Caffe's
-        # bvlc_alexnet (decay_mult 0 on biases): the preset keeps biases undecayed, on purpose.
+        # every parameter. Krizhevsky's cuda-convnet2 layer parameters give weights and biases
+        # separate costs (its documented example: wc=0.0005, wball=0) and Caffe's bvlc_alexnet
+        # has decay_mult 0 on biases: the preset keeps biases undecayed, on purpose
+        # (docs/recipe.md); decay_bias=true is the literal reading.
         "decay_bias": False,
         "schedule": "plateau",
         "norm_mode": "image",
