@@ -69,6 +69,7 @@ from alexnet.runs import RunPaths
 from alexnet.training import distributed as D
 from alexnet.training.config import ConfigError, TrainConfig
 from alexnet.training.meter import Meter
+from alexnet.training.optim import build_optimizer
 from alexnet.training.rng import rng_state, seed_everything, set_rng_state
 from alexnet.training.runlog import RunLog
 from alexnet.training.schedules import LRSchedule
@@ -185,12 +186,13 @@ class Trainer:
         self.aug_gen = torch.Generator(device=self.device)
         self.aug_gen.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
 
-        self.optimizer = torch.optim.SGD(
+        self.optimizer = build_optimizer(
+            cfg.optimizer,  # "paper": the paper's rule exactly (optim.PaperSGD); "torch": torch's SGD
             parameter_groups(self.model, cfg.weight_decay, cfg.decay_bias),
             lr=cfg.lr,
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,
-            # one fused kernel for all parameters on a GPU (the same update, less launch overhead)
+            # torch's SGD: one fused kernel for all parameters on a GPU (the same update, less launch overhead)
             fused=self.device.type == "cuda" or None,
         )
         self.train_batches = self._loader(train=True)

@@ -1,0 +1,137 @@
+"""bench/claims.py (the paper's claims as experiments) and bench/paper_recipe.py: the harness on
+tiny synthetic data in the default suite; every claim's --quick run on real photos in the slow one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import claims  # noqa: E402
+import paper_recipe  # noqa: E402
+
+TINY = claims.RunSettings(steps=2, batch_size=8, window=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_data() -> claims.Data:
+    return claims.synthetic_data(classes=4, train_per_class=4, val_per_class=2)
+
+
+def test_every_variant_builds_and_differs_only_in_its_factor():
+    for claim in claims.CLAIMS.values():
+        for name, v in claim.variants.items():
+            net = claims.SmallAlexNet(v.spec, 10, 28)
+            assert net(torch.zeros(2, 3, 28, 28)).shape == (2, 10), (claim.key, name)
+    towers = claims.CLAIMS["towers"].variants
+    two = claims.SmallAlexNet(towers["two towers"].spec, 10, 28)
+    one = claims.SmallAlexNet(towers["one tower, half width"].spec, 10, 28)
+    convs2 = [m for m in two.features if isinstance(m, torch.nn.Conv2d)]
+    convs1 = [m for m in one.features if isinstance(m, torch.nn.Conv2d)]
+    assert [m.groups for m in convs2] == [1, 2, 1, 2, 2] and all(m.groups == 1 for m in convs1)
+    assert [m.out_channels for m in convs1] == [m.out_channels // 2 for m in convs2]
+    pools = [m for m in claims.SmallAlexNet(claims.CLAIMS["pool"].variants["2/2"].spec, 10, 28).features
+             if isinstance(m, torch.nn.MaxPool2d)]
+    assert {(p.kernel_size, p.stride) for p in pools} == {(2, 2)}
+    depth = claims.SmallAlexNet(claims.CLAIMS["depth"].variants["without conv4"].spec, 10, 28)
+    assert [m.layer_name for m in depth.features if isinstance(m, torch.nn.Conv2d)] == ["conv1", "conv2", "conv3", "conv5"]
+    relu = claims.CLAIMS["relu"].variants
+    assert relu["relu"].spec == dataclasses.replace(relu["tanh"].spec, act="relu")
+
+
+def test_colourfulness_separates_grey_from_colour_kernels():
+    grey = torch.randn(4, 1, 5, 5).expand(4, 3, 5, 5)
+    colour = torch.zeros(4, 3, 5, 5)
+    colour[:, 0] = torch.randn(4, 5, 5)  # red only
+    assert torch.allclose(claims.colourfulness(grey), torch.zeros(4), atol=1e-6)
+    c = claims.colourfulness(colour)
+    assert torch.all(c > 0.6) and torch.all(c <= 1.0 + 1e-6)
+
+
+def test_steps_to_and_mean_std():
+    assert claims.steps_to([0.9, 0.5, 0.2, 0.3], 0.25) == 3
+    assert claims.steps_to([0.9, 0.5], 0.25) is None
+    mean, std, n = claims.mean_std([1.0, 3.0, None])
+    assert (mean, n) == (2.0, 2) and std == pytest.approx(math.sqrt(2))
+    assert claims.mean_std([None]) == (None, None, 0)
+    assert "1/2 seeds reached" in claims._fmt(claims.mean_std([10, None]), "steps_to_target", 2)
+    assert claims._fmt((0.25, 0.01, 3), "val_error", 3) == "25.0 ± 1.0%"
+
+
+def test_run_claim_per_seed_figures_and_ensemble(tiny_data):
+    res = claims.run_claim(claims.CLAIMS["testtime"], tiny_data, TINY, seeds=[0, 1])
+    one = res["variants"]["1 CNN"]
+    assert len(one["per_seed"]) == 2 and len(one["curves"][0]) == TINY.steps
+    errs = [p["val_error"] for p in one["per_seed"]]
+    assert one["summary"]["val_error"][0] == pytest.approx(sum(errs) / 2)
+    assert "2 CNNs (ensemble)" in res["variants"]
+    # the same seed gives the same run: the experiments are repeatable
+    again = claims.train_run(claims.BASE, tiny_data, TINY, 0)
+    assert again.val_error == errs[0] and again.train_error_curve == one["curves"][0]
+
+
+def test_main_writes_table_results_and_plots(tmp_path):
+    out = tmp_path / "claims"
+    claims.main(["relu", "towers", "--data", "synthetic", "--train-per-class", "4", "--val-per-class", "2",
+                 "--steps", "2", "--seeds", "2", "--batch-size", "8", "--out", str(out)])
+    assert (out / "relu.png").stat().st_size > 0 and (out / "towers.png").stat().st_size > 0
+    results = json.loads((out / "results.json").read_text())
+    assert [c["claim"] for c in results["claims"]] == ["relu", "towers"] and results["meta"]["seeds"] == [0, 1]
+    towers = results["claims"][1]["variants"]["two towers"]
+    assert all(len(c) == 2 for c in towers["colour_towers"])  # conv1's kernels per tower
+    md = (out / "claims.md").read_text()
+    assert "ReLU vs tanh" in md and "~6x" in md and "colourfulness" in md
+
+
+def test_paper_recipe_verdict():
+    v = paper_recipe.verdict([2.3] * 5 + [1.5] * 10, 0.5, classes=10, n_val=500)
+    assert v["learned"] and v["chance_loss"] == pytest.approx(math.log(10))
+    stuck = paper_recipe.verdict([2.3] * 15, 0.1, classes=10, n_val=500)
+    assert not stuck["learned"] and not stuck["loss_below_chance"] and not stuck["val_above_chance"]
+    lucky = paper_recipe.verdict([1.0] * 15, 0.12, classes=10, n_val=500)  # 12% is within noise of 10%
+    assert not lucky["val_above_chance"]
+
+
+def test_paper_recipe_bias_knob_changes_only_the_ones():
+    from alexnet import models
+
+    original = models.init_paper_
+    with paper_recipe.bias_one(0.1):
+        net = models.create_model("alexnet", num_classes=4)
+    assert models.init_paper_ is original  # restored
+    assert torch.all(net.conv2.bias == 0.1) and torch.all(net.fc7.bias == 0.1) and torch.all(net.conv1.bias == 0)
+
+
+DATA = paper_recipe.default_data()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DATA is None, reason="no CIFAR-10 folder (../shared/data)")
+@pytest.mark.parametrize("claim", list(claims.CLAIMS))
+def test_quick_claim_on_real_photos(claim, tmp_path):
+    res = claims.main([claim, "--quick", "--out", str(tmp_path)])
+    assert res[0]["claim"] == claim and (tmp_path / f"{claim}.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DATA is None, reason="no CIFAR-10 folder (../shared/data)")
+def test_paper_recipe_quick(tmp_path):
+    r = paper_recipe.main(["--quick", "--json", str(tmp_path / "r.json")])
+    assert r["steps"] == 3 and len(r["loss_per_step"]) == 3 and r["settings"]["quick"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DATA is None, reason="no CIFAR-10 folder (../shared/data)")
+def test_paper_recipe_diagnose_runs_every_suspect():
+    train_set, _ = paper_recipe.load_subset(DATA, classes=2, train_per_class=4, val_per_class=1)
+    found = paper_recipe.diagnose(train_set, steps=1, batch_size=4)
+    assert list(found) == list(paper_recipe.SUSPECTS)
+    assert found["channel norm (unit-scale input)"]["steps"][0]["input_std"] < 2 < found["paper"]["steps"][0]["input_std"]

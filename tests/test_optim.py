@@ -1,0 +1,153 @@
+"""The paper's update rule (optim.PaperSGD) against a hand-written loop, across an lr drop;
+PyTorch's SGD differs exactly there; the config key; exact resume with it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_training import Blobs, tiny_config, weights
+
+from alexnet.errors import ConfigError
+from alexnet.training import from_dict, preset, train
+from alexnet.training.optim import PaperSGD, build_optimizer
+from alexnet.training.trainer import parameter_groups
+
+M, WD = 0.9, 5e-4
+# 6 steps at 0.01, then the paper's divide-by-10, 6 more steps
+LRS = [0.01] * 6 + [0.001] * 6
+
+
+def _problem(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return model, torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)
+
+
+def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def _hand_written(model: torch.nn.Module, x, y, lrs, decay_bias: bool) -> list[dict[str, torch.Tensor]]:
+    """The paper's two lines, per parameter, with no optimiser class at all."""
+    params = dict(model.named_parameters())
+    v = {k: torch.zeros_like(p) for k, p in params.items()}
+    history = []
+    for lr in lrs:
+        model.zero_grad()
+        _loss(model, x, y).backward()
+        with torch.no_grad():
+            for k, w in params.items():
+                wd = WD if (w.ndim > 1 or decay_bias) else 0.0
+                v[k] = M * v[k] - wd * lr * w - lr * w.grad
+                w += v[k]
+        history.append({k: p.detach().clone() for k, p in params.items()})
+    return history
+
+
+def _with(opt_kind: str, model: torch.nn.Module, x, y, lrs, decay_bias: bool) -> list[dict[str, torch.Tensor]]:
+    opt = build_optimizer(opt_kind, parameter_groups(model, WD, decay_bias), lr=lrs[0], momentum=M)
+    history = []
+    for lr in lrs:
+        for group in opt.param_groups:  # as the trainer's _set_lr does before each step
+            group["lr"] = lr
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+        history.append({k: p.detach().clone() for k, p in model.named_parameters()})
+    return history
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("decay_bias", [False, True])
+def test_paper_sgd_is_the_papers_rule_across_an_lr_drop(decay_bias):
+    model, x, y = _problem()
+    model = model.double()
+    ref = _hand_written(copy.deepcopy(model), x, y, LRS, decay_bias)
+    got = _with("paper", copy.deepcopy(model), x, y, LRS, decay_bias)
+    for step, (a, b) in enumerate(zip(ref, got, strict=True)):
+        assert _max_diff(a, b) < 1e-13, f"step {step + 1}"
+
+
+def test_torch_sgd_agrees_at_constant_lr_and_differs_after_the_drop():
+    """The test above has teeth: PyTorch's rule is the same while lr is constant (v = -lr b)
+    and departs right after the divide-by-10, when it rescales the accumulated velocity."""
+    model, x, y = _problem()
+    model = model.double()
+    ref = _hand_written(copy.deepcopy(model), x, y, LRS, False)
+    torch_sgd = _with("torch", copy.deepcopy(model), x, y, LRS, False)
+    assert all(_max_diff(ref[i], torch_sgd[i]) < 1e-12 for i in range(6))  # before the drop
+    # first step after the drop: torch moves by a tenth of the old velocity, the paper by 0.9 of it
+    assert _max_diff(ref[6], torch_sgd[6]) > 1e-4
+    assert _max_diff(ref[-1], torch_sgd[-1]) > 1e-4
+
+
+def test_velocity_after_a_drop_decays_geometrically():
+    """A zero gradient after the drop isolates the velocity: the paper keeps 0.9^k of it."""
+    w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = PaperSGD([w], lr=0.01, momentum=M)
+    w.grad = torch.ones_like(w)
+    opt.step()  # v = -0.01
+    opt.param_groups[0]["lr"] = 0.001
+    w.grad = torch.zeros_like(w)
+    opt.step()  # v = 0.9 * -0.01 regardless of the new lr
+    assert float(opt.state[w]["velocity"]) == pytest.approx(-0.009, rel=1e-12)
+    assert float(w.detach()) == pytest.approx(-0.019, rel=1e-12)
+
+
+def test_state_dict_round_trip_continues_identically():
+    model, x, y = _problem(3)
+    a = copy.deepcopy(model)
+    opt_a = PaperSGD(parameter_groups(a, WD, False), lr=0.01)
+    for _ in range(3):
+        opt_a.zero_grad()
+        _loss(a, x.float(), y).backward()
+        opt_a.step()
+    b = copy.deepcopy(a)
+    opt_b = PaperSGD(parameter_groups(b, WD, False), lr=0.5)  # other lr: the state's must win
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+    assert opt_b.param_groups[0]["lr"] == 0.01
+    for opt, m in ((opt_a, a), (opt_b, b)):
+        for lr in (0.01, 0.001):
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad()
+            _loss(m, x.float(), y).backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_config_key_and_preset():
+    assert from_dict({}).optimizer == "torch"  # PyTorch's SGD stays the default elsewhere
+    cfg = preset("imagenet-paper")
+    assert cfg.optimizer == "paper" and cfg.decay_bias is False and cfg.weight_decay == 5e-4
+    with pytest.raises(ConfigError, match="'optimizer'"):
+        from_dict({"optimizer": "adam"})
+    with pytest.raises(ConfigError, match="'nesterov'"):
+        from_dict({"optimizer": "paper", "nesterov": True}).validate()
+    with pytest.raises(ConfigError, match="invalid lr"):
+        PaperSGD([torch.nn.Parameter(torch.zeros(1))], lr=0)
+
+
+def test_trainer_uses_the_paper_rule_and_resumes_exactly(tmp_path):
+    """optimizer 'paper' through the trainer, a step schedule with a drop inside the run,
+    stopped mid-epoch and resumed: bit-identical to the uninterrupted run (velocities restored)."""
+    opts = {"optimizer": "paper", "schedule": "step", "step_size": 1.0, "step_gamma": 0.1, "lr": 0.05}
+    train(tiny_config(tmp_path / "a", **opts), train_set=Blobs(), val_set=Blobs(32, seed=1))
+    part = train(tiny_config(tmp_path / "b", max_steps=8, **opts), train_set=Blobs(), val_set=Blobs(32, seed=1))
+    assert part.status == "max_steps"
+    done = train(tiny_config(tmp_path / "b", **opts), train_set=Blobs(), val_set=Blobs(32, seed=1), resume=True)
+    assert done.status == "completed"
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and it is not torch's rule: the same run with optimizer 'torch' ends elsewhere
+    train(tiny_config(tmp_path / "c", **{**opts, "optimizer": "torch"}), train_set=Blobs(), val_set=Blobs(32, seed=1))
+    c = weights(tmp_path / "c")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
