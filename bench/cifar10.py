@@ -105,6 +105,21 @@ def load_folder(
     return [(image_paths(root / c), classes.index(c)) for c in found], classes
 
 
+def load_split(
+    root: Path, classes: int, train_per_class: int, val_per_class: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
+    """``(train x, train y, held-out x, held-out y, names)`` from the first ``classes`` class
+    folders: the first ``train_per_class`` files of each train, the last ``val_per_class`` are
+    held out (file order, so reruns agree)."""
+    groups, names = load_folder(root)
+    groups, names = groups[:classes], names[:classes]
+    if any(len(files) < train_per_class + val_per_class for files, _ in groups):
+        raise SystemExit(f"error: {root}: a class has fewer than {train_per_class + val_per_class} images")
+    tx, ty, _, _ = decode_all([(files[:train_per_class], c) for files, c in groups])
+    vx, vy, _, _ = decode_all([(files[-val_per_class:], c) for files, c in groups])
+    return tx, ty, vx, vy, names
+
+
 def decode_all(groups: Sequence[tuple[Sequence[Path], int]]) -> tuple[Tensor, Tensor, list[str], int]:
     """Decode every file to uint8 ``[N, 3, 32, 32]``; unreadable or wrong-size files are
     counted and skipped (returned as the last value), never fatal."""

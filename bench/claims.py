@@ -181,14 +181,9 @@ def default_data() -> Path | None:
 
 def load_cifar(root: Path, train_per_class: int, val_per_class: int, classes: int = 10) -> Data:
     """The first ``train_per_class`` files of each class folder train; the last ``val_per_class`` are held out."""
-    from cifar10 import decode_all, load_folder
+    from cifar10 import load_split
 
-    groups, names = load_folder(root)
-    groups, names = groups[:classes], names[:classes]
-    if any(len(f) < train_per_class + val_per_class for f, _ in groups):
-        raise SystemExit(f"error: {root}: a class has fewer than {train_per_class + val_per_class} images")
-    tx, ty, _, _ = decode_all([(f[:train_per_class], c) for f, c in groups])
-    vx, vy, _, _ = decode_all([(f[-val_per_class:], c) for f, c in groups])
+    tx, ty, vx, vy, names = load_split(root, classes, train_per_class, val_per_class)
     return Data(tx, ty, vx, vy, names, compute_stats(tx.split(1024)), str(root))
 
 

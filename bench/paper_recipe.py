@@ -45,7 +45,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, describe_hardware, resolve_device
-from cifar10 import InMemoryImages, decode_all, load_folder
+from cifar10 import InMemoryImages, load_split
 
 from alexnet import models
 from alexnet.training.config import from_dict, preset
@@ -75,12 +75,7 @@ def upscale(images: Tensor, side: int = STORED) -> Tensor:
 def load_subset(root: Path, classes: int, train_per_class: int, val_per_class: int) -> tuple[InMemoryImages, InMemoryImages]:
     """The first ``classes`` class folders: the first ``train_per_class`` files of each for
     training and the last ``val_per_class`` held out, decoded and upscaled to 256 px."""
-    groups, names = load_folder(root)
-    groups, names = groups[:classes], names[:classes]
-    if any(len(files) < train_per_class + val_per_class for files, _ in groups):
-        raise SystemExit(f"error: {root}: a class has fewer than {train_per_class + val_per_class} images")
-    tr_x, tr_y, _, _ = decode_all([(files[:train_per_class], c) for files, c in groups])
-    va_x, va_y, _, _ = decode_all([(files[-val_per_class:], c) for files, c in groups])
+    tr_x, tr_y, va_x, va_y, names = load_split(root, classes, train_per_class, val_per_class)
     train_set = InMemoryImages(upscale(tr_x), tr_y, names)
     return train_set, InMemoryImages(upscale(va_x), va_y, names, stats=train_set.stats)
 
