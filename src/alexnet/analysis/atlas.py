@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alexnet.analysis.probes import PROBE_LAYERS, OODCalibration, Probes, fit_probes, pooled
-from alexnet.analysis.retrieval import weights_fingerprint
+from alexnet.analysis.retrieval import read_stored, weights_fingerprint
 from alexnet.checkpoint import ModelMeta
 from alexnet.data.sampling import spaced_indices
 from alexnet.errors import EvaluationError, IndexFormatError
@@ -386,17 +386,8 @@ class Atlas:
     @classmethod
     def load(cls, directory: str | Path) -> Atlas:
         """Read an atlas written by :meth:`save`; :class:`IndexFormatError` if missing or inconsistent."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
-        try:
-            doc = json.loads((directory / ATLAS_JSON).read_text(encoding="utf-8"))
-            tensors = load_file(str(directory / ATLAS_TENSORS))
-        except FileNotFoundError as exc:
-            raise IndexFormatError(f"no unit atlas in {directory}: {Path(exc.filename).name} is missing") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError, ValueError) as exc:
-            raise IndexFormatError(f"unit atlas in {directory} is unreadable: {exc}") from None
+        doc, tensors = read_stored(directory, ATLAS_JSON, ATLAS_TENSORS, "unit atlas")
         try:
             if doc.get("version") != ATLAS_VERSION:
                 raise ValueError(f"unsupported version {doc.get('version')}")

@@ -351,17 +351,8 @@ class FeatureIndex:
     @classmethod
     def load(cls, directory: str | Path) -> FeatureIndex:
         """Read an index written by :meth:`save`; raises :class:`IndexFormatError` if it is not valid."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
-        try:
-            doc = json.loads((directory / INDEX_FILE).read_text())
-            tensors = load_file(str(directory / FEATURES_FILE))
-        except FileNotFoundError as exc:
-            raise IndexFormatError(f"no feature index in {directory}: {exc.filename} is missing") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError, ValueError) as exc:
-            raise IndexFormatError(f"feature index in {directory} is unreadable: {exc}") from None
+        doc, tensors = read_stored(directory, INDEX_FILE, FEATURES_FILE, "feature index")
         try:
             if doc.get("version") != INDEX_VERSION:
                 raise ValueError(f"unsupported version {doc.get('version')}")
@@ -394,6 +385,23 @@ class FeatureIndex:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IndexFormatError(f"feature index in {directory} is inconsistent: {exc}") from None
+
+
+def read_stored(directory: Path, json_name: str, tensors_name: str, what: str) -> tuple[Any, dict[str, Tensor]]:
+    """The JSON document and the safetensors tensors of a stored analysis artefact (the fc7
+    index, the unit atlas), untrusted: any failure to read is an :class:`IndexFormatError`
+    naming ``what`` and the directory; checking their content is the caller's."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        doc = json.loads((directory / json_name).read_text(encoding="utf-8"))
+        tensors = load_file(str(directory / tensors_name))
+    except FileNotFoundError as exc:
+        raise IndexFormatError(f"no {what} in {directory}: {Path(exc.filename).name} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError, ValueError) as exc:
+        raise IndexFormatError(f"{what} in {directory} is unreadable: {exc}") from None
+    return doc, tensors
 
 
 def weights_fingerprint(model: nn.Module) -> str:
