@@ -121,7 +121,7 @@ class ModelMeta:
                  for v in self.options.values()), "options", "values must be plain numbers, names or lists of them")
         problem = self.stats.problem(self.image_size)
         need(not problem, "stats", f"malformed ({problem})")
-        options = {k: v for k, v in self.options.items() if k != "devices"}
+        options = self.model_options
         try:
             params = info.num_params(self.num_classes, **options)
         except Exception as exc:  # the builder's own checks (unknown option, bad value) on foreign data
@@ -131,13 +131,17 @@ class ModelMeta:
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """A freshly initialised model of this architecture."""
-        options = {k: v for k, v in self.options.items() if k != "devices"}
-        return create_model(self.model, num_classes=self.num_classes, **options).to(device)
+        return create_model(self.model, num_classes=self.num_classes, **self.model_options).to(device)
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        """The options that rebuild the architecture anywhere: ``devices`` (where the paper's
+        split model ran) is a placement, not part of the model."""
+        return {k: v for k, v in self.options.items() if k != "devices"}
 
     def num_params(self) -> int:
         """Parameters of this exact configuration (computed on the meta device: no memory)."""
-        options = {k: v for k, v in self.options.items() if k != "devices"}
-        return model_info(self.model).num_params(self.num_classes, **options)
+        return model_info(self.model).num_params(self.num_classes, **self.model_options)
 
     def describe(self) -> str:
         """The model as it really is, in one line: name, options, parameters, input, classes.
@@ -145,8 +149,7 @@ class ModelMeta:
         ``alexnet_small`` at its defaults and the demo's 56 px batch-norm variant differ
         by 25x in parameters; wherever a model is presented, this line says which it is.
         """
-        options = {k: v for k, v in self.options.items() if k != "devices"}
-        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(options.items()))
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(self.model_options.items()))
         norm = "mean image subtracted" if self.norm_mode == "image" else "normalised per channel"
         return (
             f"{self.model}({shown}): {self.num_params():,} parameters, {self.input_size}x{self.input_size} input "

@@ -41,7 +41,7 @@ def export_meta(meta: ModelMeta) -> dict[str, Any]:
     """JSON-safe description of how to feed the exported network (no tensors beyond mean/std)."""
     return {
         "model": meta.model,
-        "options": {k: v for k, v in meta.options.items() if k != "devices"},
+        "options": meta.model_options,
         "num_classes": meta.num_classes,
         "classes": meta.classes,
         "class_names": meta.class_names,

@@ -582,7 +582,7 @@ def build_atlas(
                 p.mean, p.std, p.weight, p.bias = p.mean.cpu(), p.std.cpu(), p.weight.cpu(), p.bias.cpu()
     info = {
         "model": meta.model,
-        "options": {k: v for k, v in meta.options.items() if k != "devices"},
+        "options": meta.model_options,
         "weights_sha256": weights_fingerprint(model),
         "classes": list(train.classes),
         "class_names": list(getattr(train, "class_names", train.classes)),

@@ -726,7 +726,7 @@ class Engine:
         return {
             "model": self.meta.model,
             "describe": self.meta.describe(),
-            "options": {k: v for k, v in self.meta.options.items() if k != "devices"},
+            "options": self.meta.model_options,
             "params": self.meta.num_params(),
             "checkpoint": None if self.checkpoint is None else Path(self.checkpoint).name,
             "num_classes": self.meta.num_classes,
