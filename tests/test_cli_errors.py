@@ -49,7 +49,7 @@ def _good_value(a: argparse.Action, tmp: Path) -> str:
         return str(next(iter(a.choices)))
     if a.type in (_args.existing_dir, _args.new_dir):
         return str(tmp)
-    if a.type in (_args.model_file, _args.existing_file):
+    if a.type is _args.model_file:
         f = tmp / "model.pt"
         f.write_bytes(b"garbage")
         return str(f)

@@ -63,16 +63,6 @@ NON_NEGATIVE = int_range(0)
 PORT = int_range(1, 65535)
 
 
-def existing_file(text: str) -> str:
-    """An argparse ``type``: a path that must be an existing file."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text}: a file is needed, this is a {_kind(path)}")
-    return text
-
-
 def existing_dir(text: str) -> str:
     """An argparse ``type``: a path that must be an existing directory."""
     path = Path(text)
