@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from alexnet.data import open_dataset, resolve_data
 from alexnet.devices import autocast_dtype
 from alexnet.models import model_info
-from alexnet.runs import RunPaths
 from alexnet.training.config import TrainConfig, from_dict, preset
 from alexnet.training.trainer import TrainResult, train
 
@@ -140,8 +139,7 @@ def run_demo(
         )
     cfg = from_dict(plan, base).validate()
     result = train(cfg, resume=False)
-    run = RunPaths(result.run_dir)
-    written = _write_report(run.root) if report else None
+    written = _write_report(Path(result.run_dir)) if report else None
     return DemoResult(result, data, cfg.epochs, t_data, time.perf_counter() - t_start, written)
 
 
