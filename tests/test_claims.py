@@ -100,14 +100,22 @@ def test_paper_recipe_verdict():
     assert not lucky["val_above_chance"]
 
 
-def test_paper_recipe_bias_knob_changes_only_the_ones():
+def test_init_bias_changes_only_the_papers_ones_and_the_preset_uses_caffes():
     from alexnet import models
+    from alexnet.training.config import preset
 
-    original = models.init_paper_
-    with paper_recipe.bias_one(0.1):
-        net = models.create_model("alexnet", num_classes=4)
-    assert models.init_paper_ is original  # restored
-    assert torch.all(net.conv2.bias == 0.1) and torch.all(net.fc7.bias == 0.1) and torch.all(net.conv1.bias == 0)
+    net = models.create_model("alexnet", num_classes=4, init_bias=0.1)
+    for name in ("conv2", "conv4", "conv5", "fc6", "fc7"):
+        assert torch.all(getattr(net, name).bias == 0.1), name
+    assert torch.all(net.conv1.bias == 0) and torch.all(net.conv3.bias == 0) and torch.all(net.fc8.bias == 0)
+    paper = models.create_model("alexnet", num_classes=4)  # the model itself stays the paper's
+    assert torch.all(paper.fc7.bias == 1) and torch.all(paper.conv3.bias == 0)
+    split = models.create_model("alexnet", num_classes=4, devices=["cpu", "cpu"], init_bias=0.1)
+    assert torch.all(split.a.fc7.bias == 0.1) and torch.all(split.b.conv2.bias == 0.1)
+    assert preset("imagenet-paper").model_options == {"init_bias": 0.1}
+    args = paper_recipe.parse_args(["--init-bias", "1"])
+    assert paper_recipe.model_options(args) == {"init_bias": 1.0}
+    assert paper_recipe.model_options(paper_recipe.parse_args([])) == {"init_bias": 0.1}
 
 
 DATA = paper_recipe.default_data()

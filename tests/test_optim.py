@@ -11,8 +11,8 @@ from test_training import Blobs, tiny_config, weights
 
 from alexnet.errors import ConfigError
 from alexnet.training import from_dict, preset, train
-from alexnet.training.optim import PaperSGD, build_optimizer
-from alexnet.training.trainer import parameter_groups
+from alexnet.training.optim import PaperSGD, build_optimizer, convert_state, load_state, state_kind
+from alexnet.training.trainer import Trainer, parameter_groups
 
 M, WD = 0.9, 5e-4
 # 6 steps at 0.01, then the paper's divide-by-10, 6 more steps
@@ -151,3 +151,64 @@ def test_trainer_uses_the_paper_rule_and_resumes_exactly(tmp_path):
     train(tiny_config(tmp_path / "c", **{**opts, "optimizer": "torch"}), train_set=Blobs(), val_set=Blobs(32, seed=1))
     c = weights(tmp_path / "c")
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_convert_state_keeps_the_motion_between_the_two_forms():
+    """At a constant lr the two rules are one sequence of weights (v = -lr b): a run switched
+    from one optimiser to the other mid-way, its velocities converted, goes on exactly as the
+    unswitched run; left unconverted it would restart from rest and end elsewhere."""
+    model, x, y = _problem(4)
+    x = x.float()
+
+    def steps(opt, m, n):
+        for _ in range(n):
+            opt.zero_grad()
+            _loss(m, x, y).backward()
+            opt.step()
+
+    for first, second in (("torch", "paper"), ("paper", "torch")):
+        ref = copy.deepcopy(model)
+        steps(build_optimizer(first, parameter_groups(ref, WD, False), lr=0.02, momentum=0.9), ref, 6)
+        m = copy.deepcopy(model)
+        opt = build_optimizer(first, parameter_groups(m, WD, False), lr=0.02, momentum=0.9)
+        steps(opt, m, 3)
+        assert state_kind(opt.state_dict()) == first
+        fresh = build_optimizer(second, parameter_groups(m, WD, False), lr=0.02, momentum=0.9)
+        raw, own_keys = copy.deepcopy(opt.state_dict()), set(fresh.param_groups[0])
+        assert load_state(fresh, copy.deepcopy(opt.state_dict()), second) == first
+        assert state_kind(fresh.state_dict()) == second
+        assert set(fresh.param_groups[0]) == own_keys  # its own kind's settings, none of the other's
+        cold = copy.deepcopy(m)
+        steps(fresh, m, 3)
+        assert _max_diff(ref.state_dict(), m.state_dict()) < 1e-6, (first, second)
+        unconverted = build_optimizer(second, parameter_groups(cold, WD, False), lr=0.02, momentum=0.9)
+        unconverted.load_state_dict(raw)  # as before: the other kind's velocities are not read
+        for group, own in zip(unconverted.param_groups, fresh.param_groups, strict=True):
+            group.update({k: v for k, v in own.items() if k != "params"})
+        steps(unconverted, cold, 3)
+        assert _max_diff(ref.state_dict(), cold.state_dict()) > 1e-4
+    assert state_kind({"state": {}, "param_groups": []}) is None
+
+
+def test_a_resume_that_switches_optimiser_converts_and_applies_the_new_settings(tmp_path, caplog):
+    opts = {"schedule": "constant", "lr": 0.05, "momentum": 0.9}
+    data, val = Blobs(), Blobs(32, seed=1)
+    train(tiny_config(tmp_path / "a", **opts), train_set=data, val_set=val)
+    train(tiny_config(tmp_path / "b", max_steps=8, **opts), train_set=data, val_set=val)
+    with caplog.at_level("INFO", logger="alexnet"):
+        train(tiny_config(tmp_path / "b", optimizer="paper", **opts), train_set=data, val_set=val, resume=True,
+              allow_changes=True)
+    assert "converted from the 'torch' optimiser's form to the 'paper' one's" in caplog.text
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-4
+    # a changed weight decay takes effect on resume (the checkpoint's groups used to win)
+    train(tiny_config(tmp_path / "c", max_steps=8, **opts), train_set=data, val_set=val)
+    trainer = Trainer(tiny_config(tmp_path / "c", weight_decay=0.01, **opts), train_set=data, val_set=val,
+                      resume=True, allow_changes=True)
+    trainer.load()
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.01
+
+
+def test_convert_state_refuses_an_unknown_kind():
+    with pytest.raises(ConfigError, match="'optimizer'"):
+        convert_state({"state": {}, "param_groups": []}, "adam")

@@ -175,3 +175,17 @@ def test_step_cosine_onecycle_shapes():
     assert one.lr(0) == pytest.approx(0.01 / 25)
     assert max(one.lr(i) for i in range(100)) == pytest.approx(0.01)
     assert math.isclose(one.lr(100), 0.01 / 1e4, rel_tol=1e-6)
+
+
+def test_a_presets_model_options_stay_with_its_model(tmp_path):
+    assert resolve("imagenet-paper").model_options == {"init_bias": 0.1}
+    # another model named on the command line, in a file or by --set starts from its own defaults
+    assert resolve("imagenet-paper", overrides={"model": "alexnet_owt"}).model_options == {}
+    assert resolve("demo", sets={"model": "alexnet"}).model_options == {}
+    toml = tmp_path / "run.toml"
+    toml.write_text('model = "alexnet_owt"\n')
+    assert resolve("imagenet-paper", toml).model_options == {}
+    # options given beside the model are kept, and naming the preset's own model keeps the preset's
+    cfg = resolve("demo", overrides={"model": "alexnet_owt"}, sets={"model_options": {"dropout": 0.3}})
+    assert cfg.model_options == {"dropout": 0.3}
+    assert resolve("imagenet-paper", overrides={"model": "alexnet"}).model_options == {"init_bias": 0.1}

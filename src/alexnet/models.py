@@ -51,21 +51,25 @@ def overlapping_pool() -> nn.MaxPool2d:
     return nn.MaxPool2d(kernel_size=3, stride=2)
 
 
-def init_paper_(model: nn.Module, ones: Sequence[str] = ("conv2", "conv4", "conv5", "fc6", "fc7")) -> None:
+def init_paper_(
+    model: nn.Module, ones: Sequence[str] = ("conv2", "conv4", "conv5", "fc6", "fc7"), bias: float = 1.0
+) -> None:
     """The paper's initialisation: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5,
-    fc6 and fc7 (to give the ReLUs positive inputs early on), 0 elsewhere."""
+    fc6 and fc7 (to give the ReLUs positive inputs early on), 0 elsewhere. ``bias`` replaces
+    that 1 (Caffe's ``bvlc_alexnet`` used 0.1; docs/recipe.md measures why it matters)."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.01)
             if module.bias is not None:
                 leaf = name.rsplit(".", 1)[-1]
-                nn.init.constant_(module.bias, 1.0 if leaf in ones else 0.0)
+                nn.init.constant_(module.bias, bias if leaf in ones else 0.0)
 
 
-def initialise_(model: nn.Module, init: str) -> None:
-    """``'paper'``: :func:`init_paper_`; ``'default'``: keep PyTorch's own initialisation."""
+def initialise_(model: nn.Module, init: str, bias: float = 1.0) -> None:
+    """``'paper'``: :func:`init_paper_` (its positive biases ``bias``); ``'default'``: keep
+    PyTorch's own initialisation."""
     if init == "paper":
-        init_paper_(model)
+        init_paper_(model, bias=bias)
     elif init != "default":
         raise ValueError(f"unknown init {init!r}: expected 'paper' or 'default'")
 
@@ -144,13 +148,17 @@ class AlexNet(FeatureNet):
 
     The input is 224x224; conv1 uses padding 2 so that the arithmetic gives the
     paper's 55x55 (equivalently 227x227 unpadded). LRN is grouped too: each tower's
-    maps are normalised among themselves, as on the paper's two GPUs.
+    maps are normalised among themselves, as on the paper's two GPUs. ``init_bias`` is the
+    constant the paper puts in the biases of conv2, conv4, conv5, fc6 and fc7 (1; the
+    ``imagenet-paper`` preset uses 0.1, see docs/recipe.md).
     """
 
     input_size = 224
     tower_split = 48
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.5, init: str = "paper") -> None:
+    def __init__(
+        self, num_classes: int = 1000, dropout: float = 0.5, init: str = "paper", init_bias: float = 1.0
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(3, 96, kernel_size=11, stride=4, padding=2)
@@ -164,7 +172,7 @@ class AlexNet(FeatureNet):
         self.fc6, self.drop6 = nn.Linear(256 * 6 * 6, 4096), nn.Dropout(dropout)
         self.fc7, self.drop7 = nn.Linear(4096, 4096), nn.Dropout(dropout)
         self.fc8 = nn.Linear(4096, num_classes)
-        initialise_(self, init)
+        initialise_(self, init, init_bias)
 
     def rows(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
         x = F.relu(self.conv1(x))
@@ -226,6 +234,7 @@ class AlexNetSplit(FeatureNet):
         num_classes: int = 1000,
         dropout: float = 0.5,
         init: str = "paper",
+        init_bias: float = 1.0,
     ) -> None:
         super().__init__()
         if len(devices) != 2:
@@ -234,7 +243,7 @@ class AlexNetSplit(FeatureNet):
         self.num_classes = num_classes
         self.a, self.b = Tower(dropout), Tower(dropout)
         self.fc8 = nn.Linear(4096, num_classes)
-        initialise_(self, init)
+        initialise_(self, init, init_bias)
         self.place()
 
     def place(self) -> AlexNetSplit:

@@ -69,7 +69,7 @@ from alexnet.runs import RunPaths
 from alexnet.training import distributed as D
 from alexnet.training.config import ConfigError, TrainConfig
 from alexnet.training.meter import Meter
-from alexnet.training.optim import build_optimizer
+from alexnet.training.optim import build_optimizer, load_state
 from alexnet.training.rng import rng_state, seed_everything, set_rng_state
 from alexnet.training.runlog import RunLog
 from alexnet.training.schedules import LRSchedule
@@ -407,6 +407,20 @@ class Trainer:
         self._saved_at = time.perf_counter()
         D.barrier()
 
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint's velocities under this run's group settings; a resume that switches
+        ``optimizer`` (``--allow-changes``) converts them (:func:`optim.load_state`)."""
+        try:
+            source = load_state(self.optimizer, state, self.cfg.optimizer)
+        except (ValueError, KeyError) as exc:
+            raise TrainingError(
+                f"cannot resume from {self.last_path}: its optimiser state does not fit this run's parameter groups "
+                f"({exc}); was decay_bias or bias_lr_scale changed?"
+            ) from None
+        if source is not None and self.is_main:
+            logger.info(f"note: the checkpoint's velocities were converted from the {source!r} optimiser's "
+                        f"form to the {self.cfg.optimizer!r} one's (v = -lr b), so the run keeps its motion")
+
     def load(self) -> bool:
         """Restore ``last.pt`` if there is one; False when starting fresh."""
         if not self.last_path.exists():
@@ -430,7 +444,7 @@ class Trainer:
                 f"{self.steps_per_epoch} (batch size, world size or data changed)"
             )
         self._load_model_state(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        self._load_optimizer_state(ck["optimizer"])
         self.schedule.load_state_dict(ck["scheduler"])
         if self.schedule.replans:  # a time-boxed run resumes with the plan it had made
             self.epochs = self.schedule.total_steps // self.steps_per_epoch
