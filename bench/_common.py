@@ -8,7 +8,9 @@ root without being part of the installed package.
 from __future__ import annotations
 
 import contextlib
+import logging
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,6 +78,25 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.
     return int(counter.get_total_flops())
 
 
+class _Stdout(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` is at each message (pytest swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def show_engine_messages() -> None:
+    """Show the library's progress (logger ``alexnet``: epoch lines, re-plans) on stdout, as
+    the CLI does, so that a benchmark's log holds the run's epochs. Idempotent."""
+    logger = logging.getLogger("alexnet")
+    if not any(isinstance(h, _Stdout) for h in logger.handlers):
+        handler = _Stdout()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -122,8 +143,27 @@ def make_sgd(params, lr: float, *, fast: bool, device: torch.device) -> torch.op
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, **kwargs)
 
 
-def matmul_tflops(device: torch.device, n: int | None = None, reps: int | None = None) -> float:
-    """Achieved TFLOP/s of an ``n x n x n`` bf16 matrix product on ``device`` (2n^3 FLOPs each).
+def train_step_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> int:
+    """FLOPs of one training step per image: forward and backward, counted by
+    ``FlopCounterMode`` on a batch of two in training mode (frozen layers, such as a fixed
+    first layer, need no weight gradient and are counted as they run)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.train()
+    x = torch.zeros(2, *input_shape, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(x).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+def matmul_tflops(
+    device: torch.device, n: int | None = None, reps: int | None = None, dtype: torch.dtype = torch.bfloat16
+) -> float:
+    """Achieved TFLOP/s of an ``n x n x n`` matrix product of ``dtype`` (bf16 by default) on
+    ``device`` (2n^3 FLOPs each).
 
     The practical ceiling of the tensor cores, measured in the same process as the figures it
     is compared with (clocks and driver as they are now), rather than a datasheet peak: an
@@ -134,7 +174,7 @@ def matmul_tflops(device: torch.device, n: int | None = None, reps: int | None =
     n = n or (8192 if cuda else 512)
     reps = reps or (10 if cuda else 3)
     gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=gen)
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
     seconds = time_steps(lambda: torch.mm(a, b), reps, 3, device)
     return 2 * n**3 / seconds / 1e12

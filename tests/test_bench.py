@@ -3,6 +3,7 @@ and the fast LRN they rely on equals the paper's formula."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -214,21 +215,91 @@ def _jpeg_folder(root: Path, per_class: int, size: int = 32, seed: int = 0) -> P
     return root
 
 
-def test_cifar10_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("preset", "options"),
+    [("cifar10", "{width: 0.125}"), ("cifar10-small", "{width: 0.125, norm: bn, dropout: 0.5}")],
+)
+def test_cifar10_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], preset: str, options: str) -> None:
     train = _jpeg_folder(tmp_path / "train", per_class=6)
     test = _jpeg_folder(tmp_path / "test", per_class=2, seed=1)
     (test / "ship" / "broken.jpg").write_bytes(b"not a jpeg")  # counted and skipped, not fatal
     out = cifar10.main(
-        ["--train", str(train), "--test", str(test), "--device=cpu", "--epochs=1", "--minutes=2",
-         "--out", str(tmp_path / "run"), "--set", "batch_size=8", "--set",
-         "model_options={width: 0.125, norm: bn, dropout: 0.5}"]
+        ["--train", str(train), "--test", str(test), "--device=cpu", "--epochs=1", "--minutes=2", "--preset", preset,
+         "--out", str(tmp_path / "run"), "--set", "batch_size=8", "--set", f"model_options={options}",
+         "--json", str(tmp_path / "result.json")]
     )
     text = capsys.readouterr().out
-    assert "18 training / 6 test images in memory (1 unreadable skipped)" in text
+    pad = cifar10.PRESET_PAD[preset]
+    assert f"18 training / 6 test images in memory (1 unreadable skipped), 3 classes, padded to {32 + 2 * pad} px" in text
     assert re.search(r"^test top-1: \d+\.\d%$", text.strip().splitlines()[-1])
     assert "test top-1 single view:" in text and "images/s" in text
-    assert 0.0 <= out["top1"] <= 1.0 and out["epochs"] == 1
+    assert re.search(r"^epoch 1/1 .* val top-1", text, re.M)  # the engine's epoch line is in the log
+    assert re.search(r"training step: [\d.]+ GFLOP per image .* ratio [\d.]+ of bf16, [\d.]+ of fp32", text)
+    assert 0.0 <= out["top1"] <= 1.0 and out["epochs"] == 1 and out["achieved_gflops"] > 0
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    stored = json.loads((tmp_path / "result.json").read_text())
+    assert stored["preset"] == preset and stored["top1_tta"] == out["top1_tta"]
+
+
+class _Recorder(torch.nn.Module):
+    """A 'model' that records the views it is shown and votes for the class written into
+    each view's top-left pixel (channel 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.views: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.views.append(x.clone())
+        return torch.nn.functional.one_hot(x[:, 0, 0, 0].round().long().clamp(0, 2), 3).float() * 10
+
+
+def test_cifar10_tta_views_are_the_centre_and_one_pixel_shifts_with_mirrors() -> None:
+    from alexnet.data.stats import DatasetStats
+    from alexnet.data.transforms import EvalTransform
+
+    x = torch.arange(2 * 3 * 36 * 36).reshape(2, 3, 36, 36).remainder(251).to(torch.uint8)
+    stats = DatasetStats(mean=torch.zeros(3), std=torch.ones(3), eigval=torch.ones(3), eigvec=torch.eye(3))
+    data = cifar10.InMemoryImages(x, torch.tensor([0, 1]), ["a", "b", "c"], stats=stats)
+    model = _Recorder()
+    cifar10.evaluate(model, data, EvalTransform(32, stats, "channel"), torch.device("cpu"), bf16=False,
+                     channels_last=False)
+    full = x.float()
+    want = []
+    for dy, dx in ((0, 0), (-1, -1), (1, 1)):
+        view = full[:, :, 2 + dy : 34 + dy, 2 + dx : 34 + dx]
+        want += [view, view.flip(-1)]
+    assert len(model.views) == 6
+    for got, expected in zip(model.views, want, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_cifar10_tta_weights_the_shifted_views_half() -> None:
+    from alexnet.data.stats import DatasetStats
+    from alexnet.data.transforms import EvalTransform
+
+    # The top-left pixel of each view names a class: centre (and its mirror's) -> 1, the
+    # up-left shift -> 2, the down-right shift -> 2 as well. Centre pair 2 x 10 x 1.0 = 20
+    # votes for class 1, the shifted pairs 4 x 10 x 0.5 = 20 for class 2: a tie, which argmax
+    # gives to class 1; with the shifted views weighted 1 class 2 would win.
+    x = torch.zeros(1, 3, 36, 36, dtype=torch.uint8)
+    x[0, 0, 2, 2], x[0, 0, 2, 33] = 1, 1  # centre view, top-left and (mirrored) top-right
+    x[0, 0, 1, 1], x[0, 0, 1, 32] = 2, 2  # up-left view
+    x[0, 0, 3, 3], x[0, 0, 3, 34] = 2, 2  # down-right view
+    stats = DatasetStats(mean=torch.zeros(3), std=torch.ones(3), eigval=torch.ones(3), eigvec=torch.eye(3))
+    data = cifar10.InMemoryImages(x, torch.tensor([1]), ["a", "b", "c"], stats=stats)
+    scores = cifar10.evaluate(_Recorder(), data, EvalTransform(32, stats, "channel"), torch.device("cpu"),
+                              bf16=False, channels_last=False)
+    assert scores["top1"] == 1.0 and scores["top1_flip"] == 1.0 and scores["top1_tta"] == 1.0
+
+
+def test_train_step_flops_counts_forward_and_weight_gradients() -> None:
+    # Linear 4 -> 3 without bias: forward 2*4*3 = 24 FLOPs; backward, the weight's gradient
+    # (24; the input needs none); conv with a frozen weight and no input gradient: forward only.
+    assert _common.train_step_flops(torch.nn.Linear(4, 3, bias=False), (4,)) == 48
+    frozen = torch.nn.Linear(4, 3, bias=False).requires_grad_(False)
+    model = torch.nn.Sequential(frozen, torch.nn.Linear(3, 2, bias=False))
+    assert _common.train_step_flops(model, (4,)) == 24 + 12 + 12
 
 
 def test_cifar10_holdout_split_and_padding(tmp_path: Path) -> None:

@@ -342,7 +342,7 @@ def test_split_needs_two_devices() -> None:
 
 def test_registry() -> None:
     names = [m.name for m in list_models()]
-    assert names == ["alexnet", "alexnet_owt", "alexnet_small"]
+    assert names == ["alexnet", "alexnet_owt", "alexnet_small", "alexnet_fast"]
     with pytest.raises(KeyError, match="unknown model"):
         create_model("resnet50")
     assert create_model("alexnet", num_classes=10).fc8.out_features == 10

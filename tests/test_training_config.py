@@ -62,7 +62,7 @@ def test_precedence_preset_file_overrides(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('preset = "cifar10"\nepochs = 7\nlr = 0.2\n[model_options]\nwidth = 0.5\n')
     cfg = resolve(file=toml, overrides={"lr": 0.3})
-    assert cfg.preset == "cifar10" and cfg.model == "alexnet_small"  # from the preset
+    assert cfg.preset == "cifar10" and cfg.model == "alexnet_fast"  # from the preset
     assert cfg.epochs == 7 and cfg.model_options == {"width": 0.5}  # from the file
     assert cfg.lr == 0.3  # the command line wins
     yaml_file = tmp_path / "run.yaml"
@@ -82,7 +82,7 @@ def test_documented_order_preset_file_flags_set(tmp_path):
     assert cfg.batch_size == 32  # the flag beats the file
     assert cfg.lr == 0.2 and cfg.seed == 5  # the file beats the preset; an absent flag changes nothing
     assert cfg.crop is None  # an empty --set value is null, not "not given"
-    assert cfg.schedule == "cosine" and cfg.model == "alexnet_small" and cfg.preset == "cifar10"
+    assert cfg.schedule == "cosine" and cfg.model == "alexnet_fast" and cfg.preset == "cifar10"
     # the preset: --set preset beats --preset beats the file's beats the default
     assert resolve("demo", toml, sets={"preset": "imagenet-paper"}).preset == "imagenet-paper"
     assert resolve("demo", toml).preset == "demo"

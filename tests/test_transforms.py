@@ -88,3 +88,22 @@ def test_normalisation_modes() -> None:
         EvalTransform(4, st, mode="zca")
     with pytest.raises(ValueError, match="smaller"):
         EvalTransform(8, st)(x)
+
+
+def test_cutout_blanks_one_square_of_the_given_side_per_image():
+    stats = DatasetStats(mean=torch.zeros(3), std=torch.ones(3), eigval=torch.ones(3), eigvec=torch.eye(3))
+    x = torch.full((64, 3, 16, 16), 7, dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    out = TrainAugment(16, stats, "channel", lighting=0.0, cutout=6)(x, generator=g)
+    blank = out[:, 0] == 0
+    assert torch.equal(blank, (out == 0).all(1))  # every channel of the square
+    assert (out[~blank.unsqueeze(1).expand_as(out)] == 7).all()  # the rest untouched
+    areas = blank.sum((1, 2))
+    assert areas.max() == 36 and (areas > 0).all()  # a full 6x6 square where it fits, clipped at the edges
+    rows, cols = blank.any(2), blank.any(1)
+    assert torch.equal(blank, rows.unsqueeze(2) & cols.unsqueeze(1))  # one rectangle each
+    centres = {(int(r.nonzero().float().mean()), int(c.nonzero().float().mean())) for r, c in zip(rows, cols, strict=True)}
+    assert len(centres) > 20  # drawn per image
+    assert torch.equal(TrainAugment(16, stats, "channel", lighting=0.0)(x, generator=g), x.float())  # 0: off
+    with pytest.raises(ValueError, match="cutout"):
+        TrainAugment(16, stats, cutout=17)

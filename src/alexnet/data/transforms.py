@@ -68,6 +68,9 @@ class TrainAugment(nn.Module):
 
     ``lighting`` is the standard deviation of the paper's alpha_i ~ N(0, 0.1) (0 disables).
     The lighting shift ``eigvec @ (alpha * eigval)`` is drawn once per image per use.
+    ``cutout`` > 0 also sets a ``cutout`` x ``cutout`` square of each crop, centred on a
+    uniformly drawn pixel and clipped at the edges, to the mean (0 after normalisation):
+    DeVries & Taylor 2017's regulariser, not the paper's.
     """
 
     def __init__(
@@ -78,9 +81,13 @@ class TrainAugment(nn.Module):
         lighting: float = 0.1,
         flip: bool = True,
         random_crop: bool = True,
+        cutout: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 <= cutout <= crop:
+            raise ValueError(f"cutout {cutout} must be in [0, crop={crop}]")
         self.crop, self.lighting, self.flip, self.random_crop = crop, lighting, flip, random_crop
+        self.cutout = cutout
         self.norm = Normalize(stats, mode)
         self.register_buffer("eigval", stats.eigval.float(), persistent=False)
         self.register_buffer("eigvec", stats.eigvec.float(), persistent=False)
@@ -108,11 +115,20 @@ class TrainAugment(nn.Module):
         else:
             flip = torch.zeros(b, dtype=torch.bool, device=dev)
         if dev.type == "cpu":
-            return self._cpu(x, shift, top, left, flip)
-        xf = x.float()
-        if shift is not None:
-            xf = xf + shift.view(b, 3, 1, 1)
-        return _gather_crops(self.norm.full(xf), top, left, self.crop, flip)
+            out = self._cpu(x, shift, top, left, flip)
+        else:
+            xf = x.float()
+            if shift is not None:
+                xf = xf + shift.view(b, 3, 1, 1)
+            out = _gather_crops(self.norm.full(xf), top, left, self.crop, flip)
+        if self.cutout > 0:
+            centre = torch.randint(0, self.crop, (2, b, 1, 1), device=dev, generator=generator)
+            at = torch.arange(self.crop, device=dev)
+            lo, hi = self.cutout // 2, (self.cutout - 1) // 2  # a side of exactly `cutout` pixels
+            inside_y = (at.view(1, -1, 1) >= centre[0] - lo) & (at.view(1, -1, 1) <= centre[0] + hi)
+            inside_x = (at.view(1, 1, -1) >= centre[1] - lo) & (at.view(1, 1, -1) <= centre[1] + hi)
+            out = out.masked_fill((inside_y & inside_x).unsqueeze(1), 0.0)
+        return out
 
     def _cpu(self, x: Tensor, shift: Tensor | None, top: Tensor, left: Tensor, flip: Tensor) -> Tensor:
         """Same result as the gather path, ~5x faster on CPU: each uint8 image is cropped (and

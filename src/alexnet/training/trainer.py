@@ -76,6 +76,8 @@ from alexnet.training.schedules import LRSchedule
 from alexnet.training.signals import StopFlag
 
 logger = logging.getLogger(__name__)
+# Training images a data-dependent first layer is fitted to (alexnet_fast: 2,048 x 31 x 31 patches).
+INIT_SAMPLE = 2048
 
 __all__ = [
     "TrainResult",
@@ -121,17 +123,23 @@ class TrainResult:
 # --------------------------------------------------------------------------- set-up helpers
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_bias: bool) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, decay_bias: bool, bias_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
     """Weight decay on the weights of convolutions and linear layers (the paper's ``w``); biases
-    and normalisation parameters (1-d tensors) without, unless ``decay_bias``."""
-    decay, no_decay = [], []
+    and normalisation parameters (1-d tensors) without, unless ``decay_bias``. The 1-d
+    parameters' learning rate is ``lr x bias_lr_scale`` (each group's ``lr_scale``, which
+    :meth:`Trainer._set_lr` applies): airbench found that BN shifts can take a 64x larger rate."""
+    weights, biases = [], []
     for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if (p.ndim > 1 or decay_bias) else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        if p.requires_grad:
+            (weights if p.ndim > 1 else biases).append(p)
+    if decay_bias and bias_lr_scale == 1.0:  # one group, as the paper's formula reads
+        return [{"params": weights + biases, "weight_decay": weight_decay, "lr_scale": 1.0}]
+    groups = [{"params": weights, "weight_decay": weight_decay, "lr_scale": 1.0}]
+    if biases:
+        groups.append({"params": biases, "weight_decay": weight_decay if decay_bias else 0.0,
+                       "lr_scale": bias_lr_scale})
     return groups
 
 
@@ -180,7 +188,8 @@ class Trainer:
         from alexnet.data.transforms import EvalTransform, TrainAugment
 
         self.augment = TrainAugment(
-            self.crop, self.stats, self.norm_mode, lighting=cfg.lighting, flip=cfg.flip, random_crop=cfg.random_crop
+            self.crop, self.stats, self.norm_mode, lighting=cfg.lighting, flip=cfg.flip, random_crop=cfg.random_crop,
+            cutout=cfg.cutout,
         ).to(self.device)
         self.eval_tf = EvalTransform(self.crop, self.stats, self.norm_mode).to(self.device)
         self.aug_gen = torch.Generator(device=self.device)
@@ -188,7 +197,7 @@ class Trainer:
 
         self.optimizer = build_optimizer(
             cfg.optimizer,  # "paper": the paper's rule exactly (optim.PaperSGD); "torch": torch's SGD
-            parameter_groups(self.model, cfg.weight_decay, cfg.decay_bias),
+            parameter_groups(self.model, cfg.weight_decay, cfg.decay_bias, cfg.bias_lr_scale),
             lr=cfg.lr,
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,
@@ -255,6 +264,8 @@ class Trainer:
                 f"config key 'crop': {self.crop} px crops do not fit the dataset's {self.image_size} px images "
                 f"(model {cfg.model!r}; use alexnet_small for small images, or set crop)"
             )
+        if cfg.cutout > self.crop:
+            raise ConfigError(f"config key 'cutout': a {cfg.cutout} px square does not fit the {self.crop} px crops")
         options = dict(cfg.model_options)
         if info.flexible_input:
             options.setdefault("input_size", self.crop)
@@ -289,6 +300,10 @@ class Trainer:
                 model = create_model(cfg.model, num_classes=len(self.classes), **options).to(self.device)
         except TypeError as exc:
             raise ConfigError(f"config key 'model_options': {exc}") from None
+        if hasattr(model, "init_from_data") and not (self.resume and self.last_path.exists()):
+            # A data-dependent first layer (alexnet_fast's whitening), fitted before DDP copies
+            # rank 0's weights to every process; a resumed run loads it from the checkpoint.
+            model.init_from_data(self._sample_inputs(INIT_SAMPLE))
         on_cuda = self.device.type == "cuda"
         self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
         if self.channels_last and not self.split:
@@ -303,6 +318,20 @@ class Trainer:
         self.net = net
 
     # ------------------------------------------------------------------ data
+
+    @torch.no_grad()
+    def _sample_inputs(self, n: int) -> Tensor:
+        """Up to ``n`` training images spread over the split (every class its share), centre
+        cropped and normalised as the network sees them, on the device."""
+        from alexnet.data.sampling import spaced_indices
+        from alexnet.data.transforms import EvalTransform
+
+        idx = spaced_indices(len(self.train_set), n)
+        if hasattr(self.train_set, "get_batch"):
+            x = self.train_set.get_batch(idx)[0]
+        else:
+            x = torch.stack([self.train_set[i][0] for i in idx])
+        return EvalTransform(self.crop, self.stats, self.norm_mode).to(self.device)(x.to(self.device))
 
     def _loader(self, train: bool) -> EpochBatches:
         cfg = self.cfg
@@ -582,7 +611,7 @@ class Trainer:
     def _set_lr(self) -> float:
         lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

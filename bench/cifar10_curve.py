@@ -1,0 +1,114 @@
+"""Accuracy against wall time: ``cifar10.py`` at several budgets for each recipe, one plot.
+
+    python bench/cifar10_curve.py --train DIR --holdout 500 [--budgets 2 5 10 15]
+        [--presets cifar10 cifar10-small] [--out bench/results/cifar10-curve]
+
+Each (recipe, budget) is its own ``cifar10.py`` run in a fresh process, one after another
+(never two at once: they would share the cores and time each other), its log and JSON kept
+in ``OUT``. A run whose JSON is already there is not repeated, so an interrupted sweep goes
+on where it stopped (``--rerun`` repeats them all). Then the figure ``OUT/cifar10_curve.png``
+(held-out top-1 against the elapsed minutes, everything included) and a Markdown table.
+``--plot-only`` draws from the JSON files alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LABELS = {"cifar10": "cifar10 (alexnet_fast, this wave)", "cifar10-small": "cifar10-small (alexnet_small, first wave)"}
+
+
+def run_one(args: argparse.Namespace, preset: str, minutes: float) -> dict:
+    """One ``cifar10.py`` run (or its stored result)."""
+    stem = args.out / f"{preset}-{minutes:g}min"
+    result = stem.with_suffix(".json")
+    if result.exists() and not args.rerun:
+        return json.loads(result.read_text())
+    cmd = [sys.executable, str(HERE / "cifar10.py"), "--train", str(args.train), "--minutes", f"{minutes:g}",
+           "--preset", preset, "--json", str(result)]
+    cmd += ["--holdout", str(args.holdout)] if args.test is None else ["--test", str(args.test)]
+    print(f"running {preset} for {minutes:g} min: {' '.join(cmd[1:])}", flush=True)
+    with stem.with_suffix(".log").open("w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0 or not result.exists():
+        raise SystemExit(f"error: the {preset} run for {minutes:g} min failed (exit {code}); see {stem}.log")
+    return json.loads(result.read_text())
+
+
+def plot(results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for (preset, runs), marker in zip(results.items(), "os^v", strict=False):
+        runs = sorted(runs, key=lambda r: r["elapsed_s"])
+        xs = [r["elapsed_s"] / 60 for r in runs]
+        ys = [100 * r["top1_tta"] for r in runs]
+        ax.plot(xs, ys, marker=marker, label=LABELS.get(preset, preset))
+        for x, y, r in zip(xs, ys, runs, strict=True):
+            ax.annotate(f"{y:.1f}% ({r['epochs']} ep)", (x, y), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    for target, minutes in ((92, 15), (85, 5)):
+        ax.plot([minutes], [target], marker="*", color="black", markersize=10, linestyle="none")
+        ax.annotate(f"target {target}% in {minutes} min", (minutes, target), textcoords="offset points",
+                    xytext=(-110, 6), fontsize=8)
+    ax.set_xlabel("wall time, minutes (decode + train + 6-view evaluation)")
+    ax.set_ylabel("held-out top-1, % (6-view TTA)")
+    ax.set_title("CIFAR-10 on 2 CPU cores: accuracy against the time budget")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    rows = ["| recipe | budget | epochs | train images/s | elapsed | single view | flip | **6 views** |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for preset, runs in results.items():
+        for r in sorted(runs, key=lambda r: r["budget_minutes"]):
+            rows.append(f"| `{preset}` | {r['budget_minutes']:g} min | {r['epochs']} | {r['train_images_per_s']:,.0f} | "
+                        f"{r['elapsed_s'] / 60:.1f} min | {r['top1']:.1%} | {r['top1_flip']:.1%} | "
+                        f"**{r['top1_tta']:.1%}** |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", type=Path, required=True)
+    p.add_argument("--test", type=Path, default=None)
+    p.add_argument("--holdout", type=int, default=500)
+    p.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 10, 15], help="minutes (default 2 5 10 15)")
+    p.add_argument("--presets", nargs="+", default=["cifar10", "cifar10-small"], choices=tuple(LABELS))
+    p.add_argument("--out", type=Path, default=HERE / "results" / "cifar10-curve")
+    p.add_argument("--rerun", action="store_true", help="repeat runs whose results are stored")
+    p.add_argument("--plot-only", action="store_true", help="draw from the stored results; run nothing")
+    args = p.parse_args(argv)
+    if any(b <= 0 for b in args.budgets):
+        p.error("--budgets must be > 0")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict]] = {}
+    for preset in args.presets:
+        for minutes in args.budgets:
+            stored = args.out / f"{preset}-{minutes:g}min.json"
+            if args.plot_only:
+                if stored.exists():
+                    results.setdefault(preset, []).append(json.loads(stored.read_text()))
+                continue
+            results.setdefault(preset, []).append(run_one(args, preset, minutes))
+    if not results:
+        raise SystemExit(f"error: no results in {args.out}")
+    plot(results, args.out / "cifar10_curve.png")
+    print(table(results))
+    print(f"figure: {args.out / 'cifar10_curve.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
