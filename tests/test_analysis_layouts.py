@@ -1,12 +1,14 @@
 """The analyses follow the model's own layers, not AlexNet's: ``alexnet_fast`` (conv1 .. conv7,
 fc8; no fc6/fc7) gets a report, atlas, probes, retrieval, neighbours, Grad-CAM and feature
 visualisation over its own rows, while the AlexNet layout keeps its conv1..conv5 / fc7
-answers."""
+answers; the explorer, whose page is written for AlexNet's eight layers, refuses it in one
+line at startup."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from alexnet.checkpoint import load_model
 from alexnet.cli import main
 from alexnet.data.splits import open_splits
 from alexnet.data.synth import generate
+from alexnet.errors import UsageError
 from alexnet.evaluation import Predictor
 from alexnet.models import LAYER_NAMES, create_model
 from alexnet.training.config import from_dict, preset
@@ -239,3 +242,27 @@ def test_cli_visualise_takes_any_layer_of_the_model(fast_run: FastRun, tmp_path:
     line = _one_error_line(capsys.readouterr().err)
     assert "alexnet_fast has no layer 'fc7'" in line and "conv7" in line
     assert not (tmp_path / "w.png").exists()
+
+
+# --------------------------------------------------------------------------- the explorer
+
+
+def test_explorer_refuses_a_model_without_alexnets_layers(fast_run: FastRun, capsys) -> None:
+    from alexnet.explorer import create_app
+
+    with pytest.raises(UsageError, match="alexnet_fast"):
+        create_app(fast_run.checkpoint, fast_run.data, build_index=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["explore", "--checkpoint", str(fast_run.run_dir), "--port", str(port)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "alexnet_fast" in line and "no fc6, fc7" in line and "conv6, conv7" in line and "alexnet report" in line
+
+
+def test_explorer_admits_the_alexnet_layout() -> None:
+    from alexnet.explorer.engine import check_layout
+
+    for name in ("alexnet_owt", "alexnet_small"):
+        with torch.device("meta"):
+            check_layout(create_model(name), name)  # no error
