@@ -157,8 +157,11 @@ class Predictor:
         return F.softmax(self.model(x).float(), dim=1)
 
     @torch.inference_mode()
-    def features(self, images: Tensor, layer: str = "fc7") -> Tensor:
-        """Activations of ``layer`` (flattened, float32) for the centre crop of a uint8 batch."""
+    def features(self, images: Tensor, layer: str | None = None) -> Tensor:
+        """Activations of ``layer`` (flattened, float32) for the centre crop of a uint8 batch;
+        by default the model's ``embedding_layer``, the last row before the logits (fc7 in
+        AlexNet's layout, conv7 in ``alexnet_fast``)."""
+        layer = self.model.embedding_layer if layer is None else layer
         if self.crops == 1:
             transform = self.transform
         else:  # features come from the centre crop whatever the prediction mode

@@ -45,6 +45,32 @@ from alexnet.layers import (
 
 LAYER_NAMES: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
+
+# --------------------------------------------------------------------------- kinds of layer
+# One rule, from a model's ``layer_names`` alone, for which rows the analyses use; every
+# :class:`FeatureNet` exposes it as properties (``model.conv_layers`` ...). For AlexNet's layout
+# the answers are conv1..conv5, conv1..fc7 and fc7; for ``alexnet_fast`` conv1..conv7,
+# conv1..conv7 and conv7.
+
+
+def conv_layers_of(layer_names: Sequence[str]) -> tuple[str, ...]:
+    """The convolutional rows, in order: the names that start with ``conv``."""
+    return tuple(name for name in layer_names if name.startswith("conv"))
+
+
+def hidden_layers_of(layer_names: Sequence[str]) -> tuple[str, ...]:
+    """Every row before the logits (the last row): what a linear probe can read."""
+    if len(layer_names) < 2:
+        raise ValueError(f"a network of rows {list(layer_names)} has no hidden layer before its logits")
+    return tuple(layer_names[:-1])
+
+
+def embedding_layer_of(layer_names: Sequence[str]) -> str:
+    """The last row before the logits, whose activation (flattened) is an image's vector for
+    retrieval: fc7 in AlexNet's layout (the paper's Figure 4)."""
+    return hidden_layers_of(layer_names)[-1]
+
+
 # --------------------------------------------------------------------------- the paper's pieces
 
 
@@ -108,6 +134,21 @@ class FeatureNet(nn.Module):
     num_classes: int = 1000
     # Number of conv1 kernels per tower, for pictures of the kernels (0: single column).
     tower_split: int = 0
+
+    @property
+    def conv_layers(self) -> tuple[str, ...]:
+        """The convolutional rows in order (:func:`conv_layers_of`): conv1 .. conv5 in AlexNet."""
+        return conv_layers_of(self.layer_names)
+
+    @property
+    def hidden_layers(self) -> tuple[str, ...]:
+        """The rows before the logits (:func:`hidden_layers_of`): conv1 .. fc7 in AlexNet."""
+        return hidden_layers_of(self.layer_names)
+
+    @property
+    def embedding_layer(self) -> str:
+        """The last row before the logits (:func:`embedding_layer_of`): fc7 in AlexNet."""
+        return embedding_layer_of(self.layer_names)
 
     def rows(self, x: Tensor) -> Iterator[tuple[str, Tensor | Towers]]:  # pragma: no cover - abstract
         """The forward pass, one row of the table after another: yields ``(name, activation)``

@@ -1,4 +1,8 @@
-"""The unit atlas: what each channel of conv1..conv5 responds to, from evidence.
+"""The unit atlas: what each channel of every conv stage responds to, from evidence.
+
+The stages are the model's own convolutional rows (``model.conv_layers``: conv1..conv5 in
+AlexNet's layout, conv1..conv7 in ``alexnet_fast``); the probes read every row before the
+logits (``model.hidden_layers``).
 
 One pass of a trained model over (an evenly spaced sample of) its training images records,
 for every channel of every conv stage, the ``top_k`` images on which the channel fires
@@ -34,8 +38,8 @@ image positions, feature-map locations, labels, patches, unit statistics; the pr
 ``atlas.json`` (model, weights digest, data, sample size, receptive fields, summaries,
 probe accuracies, the out-of-class calibration). The model cache
 (:func:`model_cache_dir`) is ``<root>/<first 16 hex of the weights' SHA-256>/``, the place
-for everything computed from one set of weights (the fc7 neighbour index belongs beside
-it, in ``fc7-index/``); the root (:func:`cache_root`) is ``RUN/analysis`` for a model in a
+for everything computed from one set of weights (a neighbour index belongs beside it,
+e.g. ``fc7-index/``); the root (:func:`cache_root`) is ``RUN/analysis`` for a model in a
 run directory and ``<data home>/analysis`` otherwise. :func:`ensure_atlas` builds once
 and reuses.
 """
@@ -55,17 +59,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alexnet.analysis.probes import PROBE_LAYERS, OODCalibration, Probes, fit_probes, pooled
+from alexnet.analysis.probes import OODCalibration, Probes, fit_probes, pooled
 from alexnet.analysis.retrieval import read_stored, weights_fingerprint
 from alexnet.checkpoint import ModelMeta
 from alexnet.data.sampling import spaced_indices
 from alexnet.errors import EvaluationError, IndexFormatError
 from alexnet.evaluation import fit_images, iter_batches
 from alexnet.files import atomic_write_bytes
+from alexnet.models import LAYER_NAMES, conv_layers_of
 
 log = logging.getLogger("alexnet")
 
-CONV_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
+CONV_LAYERS: tuple[str, ...] = conv_layers_of(LAYER_NAMES)  # AlexNet's; a model's own: model.conv_layers
 ATLAS_VERSION = 1
 ATLAS_TENSORS = "atlas.safetensors"
 ATLAS_JSON = "atlas.json"
@@ -108,8 +113,9 @@ def _window(module: nn.Module) -> tuple[int, int, int, int]:
             one(getattr(module, "dilation", 1), "dilation"))
 
 
-def receptive_fields(model: nn.Module, input_size: int, layers: Sequence[str] = CONV_LAYERS) -> dict[str, ReceptiveField]:
-    """Each conv stage's :class:`ReceptiveField`, from the windows the stage really applies.
+def receptive_fields(model: nn.Module, input_size: int, layers: Sequence[str] | None = None) -> dict[str, ReceptiveField]:
+    """Each conv stage's :class:`ReceptiveField` (``layers``, default the model's ``conv_layers``),
+    from the windows the stage really applies.
 
     Runs ``forward_layers`` on a zero image once per layer with hooks on every ``Conv2d`` and
     ``MaxPool2d``/``AvgPool2d`` call (a module used twice, like AlexNet's one pooling module,
@@ -121,6 +127,7 @@ def receptive_fields(model: nn.Module, input_size: int, layers: Sequence[str] = 
     kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
     hooks = [m.register_forward_hook(lambda mod, _i, _o: calls.append(mod)) for m in model.modules() if isinstance(m, kinds)]
     out: dict[str, ReceptiveField] = {}
+    layers = model.conv_layers if layers is None else layers
     try:
         param = next(model.parameters())
         x = torch.zeros(1, 3, input_size, input_size, device=param.device, dtype=param.dtype)
@@ -504,6 +511,7 @@ def build_atlas(
     ``sample``: images of ``train`` to look at, evenly spaced (None: all). ``patch_size``:
     stored side of the patches (fields larger than this are downscaled). ``probe_images``:
     of the sample, how many feed the probes (evenly spaced; fc6/fc7 features are large).
+    The stages are the model's ``conv_layers``, the probes' layers its ``hidden_layers``.
     ``val``: validation split for the probes' accuracy and the out-of-class threshold
     (at most ``ood_images``); without it neither is scored and ``ood`` is None.
     """
@@ -515,12 +523,13 @@ def build_atlas(
     positions = spaced_indices(len(train), sample)
     if not positions:
         raise EvaluationError("the training split has no images for the atlas")
-    rfs = receptive_fields(model, meta.input_size)
-    top = {name: _TopK(top_k) for name in CONV_LAYERS}
+    conv_layers = tuple(model.conv_layers)
+    rfs = receptive_fields(model, meta.input_size, conv_layers)
+    top = {name: _TopK(top_k) for name in conv_layers}
     probe_pos = spaced_indices(len(positions), probe_images) if probes else []
-    pooled_layers = list(PROBE_LAYERS) if probes else []
+    pooled_layers = list(model.hidden_layers) if probes else []
     feats, labels, _, shapes = _features_pass(
-        model, meta, train, positions, layers=CONV_LAYERS, top=top, pooled_layers=pooled_layers, keep_probs=False,
+        model, meta, train, positions, layers=conv_layers, top=top, pooled_layers=pooled_layers, keep_probs=False,
         batch_size=batch_size, device=device, num_workers=num_workers, progress="atlas" if progress else None,
         keep=probe_pos,
     )
@@ -537,7 +546,7 @@ def build_atlas(
             crops[i], label_of[i] = image.clone(), int(y)
         done += len(ys)
     layers: dict[str, LayerAtlas] = {}
-    for name in CONV_LAYERS:
+    for name in conv_layers:
         t, rf = top[name], rfs[name]
         _, w = shapes[name]
         c, k = t.values.shape
@@ -619,7 +628,7 @@ def cache_root(model_file: str | Path | None) -> Path:
 def model_cache_dir(weights_sha256: str, root: str | Path | None = None) -> Path:
     """Where everything computed from one set of weights lives: ``root`` (default
     ``<data home>/analysis``) / the digest's first 16 hex digits. The atlas is ``atlas/``
-    inside; the fc7 neighbour index belongs in ``fc7-index/`` beside it."""
+    inside; a neighbour index (e.g. ``fc7-index/``) belongs beside it."""
     if root is None:
         from alexnet.data.home import data_home
 

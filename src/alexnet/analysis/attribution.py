@@ -9,7 +9,8 @@
 * **Grad-CAM** (Selvaraju et al. 2017; Captum's ``LayerGradCam``): the stage's activation
   maps (after its ReLU, exactly what ``forward_layers`` returns) weighted by the spatially
   averaged gradient of the class's logit, summed over channels, ReLU'd, and upsampled
-  bilinearly to the input crop. Default stage: conv5, the last convolution.
+  bilinearly to the input crop. Default stage: the model's last convolution (conv5 in
+  AlexNet's layout, conv7 in ``alexnet_fast``).
 * **Sanity check** (Adebayo et al. 2018): a saliency method that explains the *model* must
   change when the model's weights are randomised. :func:`sanity_check` re-initialises every
   convolution and linear layer of a copy and returns the Spearman rank correlation between
@@ -43,10 +44,12 @@ from alexnet.lru import LRU
 METHODS = ("occlusion", "gradcam")
 
 
-def _consumer(model: nn.Module, layer: str, example: Tensor) -> nn.Module:
+def _consumer(model: nn.Module, layer: str, example: Tensor) -> nn.Module | None:
     """The module that takes ``layer``'s activation as its input, found on one forward pass
     by tensor identity (so it does not depend on what a model calls its modules): the next
-    pool, normalisation, dropout or convolution of the paper's table."""
+    pool, normalisation, dropout or convolution of the paper's table. None when the
+    activation goes on through a function only (``alexnet_fast``'s conv7, into a global max
+    pool written as ``F.adaptive_max_pool2d``)."""
     if layer not in getattr(model, "layer_names", ()):
         raise EvaluationError(f"unknown layer {layer!r}; choose from {list(getattr(model, 'layer_names', ()))}")
     inputs: list[tuple[Tensor, nn.Module]] = []  # tensors kept alive, so their ids stay unique
@@ -59,10 +62,12 @@ def _consumer(model: nn.Module, layer: str, example: Tensor) -> nn.Module:
     finally:
         for h in hooks:
             h.remove()
+    if layer == model.layer_names[-1]:
+        raise EvaluationError(f"{type(model).__name__}: no module takes {layer}'s activation (the last layer has none)")
     for tensor, module in inputs:
         if tensor is act:
             return module
-    raise EvaluationError(f"{type(model).__name__}: no module takes {layer}'s activation (the last layer has none)")
+    return None
 
 
 class _Tapped(nn.Module):
@@ -70,10 +75,10 @@ class _Tapped(nn.Module):
     identity) on its way to the next module, so Captum's layer methods see the activation
     exactly as the model records it (post-ReLU; after LRN where the model normalises there)."""
 
-    def __init__(self, model: nn.Module, layer: str, example: Tensor) -> None:
+    def __init__(self, model: nn.Module, layer: str, consumer: nn.Module) -> None:
         super().__init__()
         self.model, self.layer, self.tap = model, layer, nn.Identity()
-        self._consumer = _consumer(model, layer, example)
+        self._consumer = consumer
 
     def forward(self, x: Tensor) -> Tensor:
         hook = self._consumer.register_forward_pre_hook(lambda m, args: (self.tap(args[0]), *args[1:]))
@@ -81,6 +86,25 @@ class _Tapped(nn.Module):
             return self.model(x)
         finally:
             hook.remove()
+
+
+def _gradcam_from_rows(model: nn.Module, layer: str, x: Tensor, targets: list[int], relu: bool) -> Tensor:
+    """Grad-CAM ``[B, 1, h, w]`` at a ``layer`` whose activation no module takes (see
+    :func:`_consumer`), so Captum has nothing to hook: the activation is the very tensor
+    the model's :meth:`~alexnet.models.FeatureNet.rows` yield and compute on from, the
+    target logits are differentiated with respect to it, and the arithmetic is Captum's
+    ``LayerGradCam`` (gradients averaged over space, times the maps, summed over channels)."""
+    act = logits = None
+    for name, out in model.rows(x):
+        if name == layer:
+            act = out
+        logits = out
+    if not isinstance(act, Tensor) or act.dim() != 4 or logits is None:
+        raise EvaluationError(f"{type(model).__name__}: Grad-CAM needs {layer}'s maps as one [B, C, H, W] tensor")
+    index = torch.as_tensor(targets, device=logits.device).view(-1, 1)
+    (grad,) = torch.autograd.grad(logits.gather(1, index).sum(), act)
+    cam = torch.sum(torch.mean(grad, dim=(2, 3), keepdim=True) * act, dim=1, keepdim=True)
+    return F.relu(cam) if relu else cam
 
 
 @dataclass
@@ -196,18 +220,29 @@ class Attributor:
         return self._cached("occlusion", images, targets, {"window": window, "stride": stride}, compute)
 
     def gradcam(self, images: Tensor, targets: int | Sequence[int] | None = None, *,
-                layer: str = "conv5", relu: bool = True) -> list[AttributionMap]:
+                layer: str | None = None, relu: bool = True) -> list[AttributionMap]:
         """Grad-CAM of each image's ``target`` (default: the predicted class) at ``layer``
-        (``relu=False``: keep the negative evidence that Grad-CAM's final ReLU removes)."""
+        (default: the model's last convolution) (``relu=False``: keep the negative evidence
+        that Grad-CAM's final ReLU removes)."""
         from captum.attr import LayerAttribution, LayerGradCam
 
+        if layer is None:
+            convs = getattr(self.model, "conv_layers", ())
+            if not convs:
+                raise EvaluationError(f"{type(self.model).__name__} has no convolution for Grad-CAM")
+            layer = convs[-1]
+
         size = self.meta.input_size
-        tapped = _Tapped(self.model, layer, torch.zeros(1, 3, size, size, device=self.device))
+        consumer = _consumer(self.model, layer, torch.zeros(1, 3, size, size, device=self.device))
+        tapped = None if consumer is None else _Tapped(self.model, layer, consumer)
 
         def compute(x: Tensor, t: list[int]) -> Tensor:
-            cam = LayerGradCam(tapped, tapped.tap)
             with torch.enable_grad():
-                attr = cam.attribute(x.clone().requires_grad_(True), target=t, relu_attributions=relu)
+                if tapped is not None:
+                    cam = LayerGradCam(tapped, tapped.tap)
+                    attr = cam.attribute(x.clone().requires_grad_(True), target=t, relu_attributions=relu)
+                else:
+                    attr = _gradcam_from_rows(self.model, layer, x.clone().requires_grad_(True), t, relu)
             return LayerAttribution.interpolate(attr.detach(), (size, size), "bilinear")[:, 0]
 
         return self._cached("gradcam", images, targets, {"layer": layer, "relu": relu}, compute)

@@ -1,7 +1,8 @@
 """What each layer already knows about the label, and when an image is outside what the model knows.
 
-* **Linear probes** (Alain & Bengio 2016): for every stage conv1 .. fc7, a softmax
-  regression trained once on the *pooled* activations of training images (conv maps
+* **Linear probes** (Alain & Bengio 2016): for every stage before the logits (the model's
+  ``hidden_layers``: conv1 .. fc7 in AlexNet's layout, conv1 .. conv7 in ``alexnet_fast``), a
+  softmax regression trained once on the *pooled* activations of training images (conv maps
   averaged over space, so a probe sees which channels fire, not where; fc6/fc7 as they
   are). Its validation accuracy measures how linearly decodable the label already is at
   that depth; on one image, the probability it gives the true class is what the
@@ -31,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alexnet.models import LAYER_NAMES, hidden_layers_of
+
 log = logging.getLogger("alexnet")
 
-PROBE_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+PROBE_LAYERS: tuple[str, ...] = hidden_layers_of(LAYER_NAMES)  # AlexNet's; a model's own: model.hidden_layers
 PROBE_L2 = 1e-3  # per-weight penalty on standardised features: enough to keep 4096-d probes from memorising
 PROBE_ITERATIONS = 300
 

@@ -6,7 +6,7 @@ to be archived or shared whole) and ``evaluation.json``. Sections: training curv
 (``metrics.jsonl``), the validation result with per-class accuracy, the conv1 kernels
 (per tower, as the paper's Figure 3, only where the model has towers), what the conv units
 respond to (top patches from the unit atlas, in the style of Zeiler & Fergus's Figure 2),
-fc7 retrieval (Figure 4, right), top-5 predictions (Figure 4, left), the confusion matrix
+retrieval by the last hidden layer (fc7 in AlexNet's layout; Figure 4, right), top-5 predictions (Figure 4, left), the confusion matrix
 and the ImageNet timeline (with this run on it when its classes are the 1000 ILSVRC
 synsets). Every image carries alt text that says what it shows.
 
@@ -307,9 +307,10 @@ def _retrieval_section(
     items = [val[i] for i in picks]
     predictor = Predictor(model, meta, 1, device)
     queries = torch.stack([fit_images(x.unsqueeze(0), meta.image_size)[0] for x, _ in items])
-    feats = predictor.features(queries).cpu()
+    feats = predictor.features(queries, index.layer).cpu()
     exact = index.search(feats, k)
-    note = f"{len(index):,} training images indexed by fc7 ({index.features.shape[1]}-d), Euclidean distance."
+    layer = index.layer
+    note = f"{len(index):,} training images indexed by {layer} ({index.features.shape[1]}-d), Euclidean distance."
     if index.codes is not None and len(index) > k:
         binary = index.search(feats, k, binary=True)
         rerank = index.search(feats, k, binary=True, rerank=10)
@@ -328,8 +329,8 @@ def _retrieval_section(
     same = sum(sum(m) for m in match) / max(1, sum(len(m) for m in match))
     note += f" Green frame: same class as the query ({same:.0%} of the neighbours shown)."
     alt = (f"{len(items)} validation images in the first column, each followed by its {k} nearest training images "
-           f"by fc7 distance; {same:.0%} of the neighbours are of the query's class.")
-    return _Section(f"Retrieval by fc7 (Figure 4, right): {k} nearest training images", fig, note=note, alt=alt)
+           f"by {layer} distance; {same:.0%} of the neighbours are of the query's class.")
+    return _Section(f"Retrieval by {layer} (Figure 4, right): {k} nearest training images", fig, note=note, alt=alt)
 
 
 def _kernel_section(model, path: Path) -> _Section:
@@ -411,7 +412,8 @@ def _atlas_section(model, meta, model_file: Path, train, val, data_path: str, ou
             f"its 9 best training images ({atlas.info['sample']:,} looked at); grey: beyond the image's edge. "
             f"'Chance' figures are the same statistics for 9 patches drawn from random units of the layer. "
             f"Atlas {'built now' if built else 'reused'} ({atlas.info['seconds']:.1f} s to build).")
-    alt = ("A grid with one row per conv layer (conv1 to conv5) and, per row, " f"{units} blocks of 3x3 image patches: "
+    names = list(atlas.layers)
+    alt = (f"A grid with one row per conv layer ({names[0]} to {names[-1]}) and, per row, {units} blocks of 3x3 image patches: "
            "the training-image regions that excite one unit most. " + " ".join(atlas.caption(n) for n in atlas.layers))
     return _Section("What the units respond to (after Zeiler & Fergus, Figure 2)", fig,
                     html=f"<ul>{captions}</ul>", note=note, alt=alt)

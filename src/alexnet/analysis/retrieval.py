@@ -1,6 +1,6 @@
-"""Image retrieval by fc7 activations (the paper's Figure 4), exact and with binary codes.
+"""Image retrieval by last-hidden-layer activations (the paper's Figure 4), exact and with binary codes.
 
-The paper observes that images whose 4096-d last-hidden-layer vectors are close in
+The paper observes that images whose 4096-d last-hidden-layer vectors (fc7) are close in
 Euclidean distance are semantically similar, and suggests compressing the vectors to
 short binary codes for efficient retrieval. :class:`FeatureIndex` does both:
 
@@ -12,7 +12,9 @@ short binary codes for efficient retrieval. :class:`FeatureIndex` does both:
   exact recall for a fraction of the cost.
 
 On disk (``save``/``load``): ``features.safetensors`` (features, labels, codes and the
-projection) and ``index.json`` (paths, classes, the model it was built with).
+projection) and ``index.json`` (paths, classes, the model it was built with and the layer:
+the model's ``embedding_layer`` by default, fc7 in AlexNet's layout, conv7 in ``alexnet_fast``;
+an index stored without one is fc7's).
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ class SearchResult:
 
 @dataclass
 class FeatureIndex:
-    """fc7 activations of a dataset with its paths and labels, searchable exactly or by code."""
+    """One layer's activations (``layer``; fc7 in the paper) of a dataset with its paths and
+    labels, searchable exactly or by code."""
 
     features: Tensor  # float32 [N, D] (float16 on disk when in range)
     labels: Tensor  # int64 [N]
@@ -179,7 +182,7 @@ class FeatureIndex:
         model: nn.Module,
         meta: ModelMeta,
         dataset: Any,
-        layer: str = "fc7",
+        layer: str | None = None,
         batch_size: int = 128,
         device: torch.device | str | None = None,
         bits: int = 256,
@@ -187,12 +190,14 @@ class FeatureIndex:
         progress: bool = False,
         limit: int | None = None,
     ) -> FeatureIndex:
-        """Run the model over ``dataset`` (centre crops) and keep the ``layer`` activations.
+        """Run the model over ``dataset`` (centre crops) and keep the ``layer`` activations
+        (default: the model's ``embedding_layer``, the last row before the logits).
 
         ``limit``: index at most this many images, evenly spaced over the dataset (so a
         class-ordered dataset keeps every class). ``positions`` records the dataset index
         of each entry.
         """
+        layer = model.embedding_layer if layer is None else layer
         base = dataset
         positions = list(range(len(dataset)))
         if limit is not None and limit < len(dataset):
@@ -388,7 +393,7 @@ class FeatureIndex:
 
 
 def read_stored(directory: Path, json_name: str, tensors_name: str, what: str) -> tuple[Any, dict[str, Tensor]]:
-    """The JSON document and the safetensors tensors of a stored analysis artefact (the fc7
+    """The JSON document and the safetensors tensors of a stored analysis artefact (a feature
     index, the unit atlas), untrusted: any failure to read is an :class:`IndexFormatError`
     naming ``what`` and the directory; checking their content is the caller's."""
     from safetensors import SafetensorError

@@ -194,6 +194,11 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
             f"the index in {index_dir} was built with other weights ({index.info.get('model')}) than "
             f"{args.checkpoint}; its features would not match. Use --rebuild --data DIR or another --index"
         )
+    if index is not None and index.layer not in model.layer_names:
+        raise UsageError(
+            f"the index in {index_dir} holds {index.layer} features, a layer {meta.model} does not have; "
+            f"use --rebuild --data DIR or another --index"
+        )
     if index is None:
         if not args.data:
             raise UsageError(f"no feature index in {index_dir}; pass --data DIR to build one")
@@ -216,7 +221,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
             failed += 1
             results.append({"query": q, "error": str(exc)})
             continue
-        feats = predictor.features(image.unsqueeze(0)).cpu()
+        feats = predictor.features(image.unsqueeze(0), index.layer).cpu()
         if feats.shape[1] != index.features.shape[1]:
             raise UsageError(f"the index holds {index.features.shape[1]}-d features, the model gives {feats.shape[1]}-d")
         found = index.search(feats, args.k, binary=args.binary, rerank=args.rerank)
@@ -247,8 +252,9 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 def add_neighbors(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "neighbors",
-        help="nearest images by fc7 activations (exact, or fast binary codes), with a reusable index",
-        description="Finds the images of a dataset closest to each query in fc7 space (the paper's Figure 4). "
+        help="nearest images by last-hidden-layer activations (exact, or fast binary codes), with a reusable index",
+        description="Finds the images of a dataset closest to each query in the space of the model's last "
+        "hidden layer (fc7 in AlexNet, conv7 in alexnet_fast; the paper's Figure 4). "
         "The first run with --data builds the index in --index DIR; later runs reuse it.",
     )
     p.add_argument("--checkpoint", required=True, type=model_file, help="model file or run directory")

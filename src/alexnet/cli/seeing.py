@@ -198,8 +198,9 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
         "explain",
         help="why this label: occlusion and Grad-CAM maps, what each layer knows, out-of-class check",
         description="For each image: the top-5 labels, occlusion sensitivity (drop in probability under a "
-        "sliding grey square) and Grad-CAM at conv5 for the predicted class (or --class), written as overlays "
-        "with --out. With a unit atlas of these weights: each layer's probe probability and the out-of-class check.",
+        "sliding grey square) and Grad-CAM at the last convolution (conv5 in AlexNet) for the predicted class "
+        "(or --class), written as overlays with --out. With a unit atlas of these weights: each layer's probe "
+        "probability and the out-of-class check.",
     )
     p.add_argument("--checkpoint", required=True, type=model_file, help="model file or run directory")
     p.add_argument("images", nargs="+", help="image files")
@@ -220,6 +221,8 @@ def cmd_visualise(args: argparse.Namespace) -> int:
     from alexnet.analysis.featvis import visualise
 
     model, meta = load(args.checkpoint, device_of(args))
+    if args.layer not in model.layer_names:
+        raise UsageError(f"{meta.model} has no layer {args.layer!r}; choose from {', '.join(model.layer_names)}")
     vis = visualise(model, meta, args.layer, args.unit, steps=args.steps, seed=args.seed)
     _png(vis.image, Path(args.out))
     print(f"{args.layer} unit {args.unit}: activation {vis.start_activation:.3f} -> {vis.activation:.3f} "
@@ -233,7 +236,9 @@ def add_visualise(sub: argparse._SubParsersAction) -> None:
         help="feature visualisation: optimise an input image for one unit (regularised, jittered)",
     )
     p.add_argument("--checkpoint", required=True, type=model_file, help="model file or run directory")
-    p.add_argument("--layer", required=True, choices=("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"))
+    p.add_argument("--layer", required=True,
+                   help="a layer of the checkpoint's model: conv1 .. conv5, fc6, fc7, fc8 in AlexNet "
+                   "(conv1 .. conv7, fc8 in alexnet_fast)")
     p.add_argument("--unit", required=True, type=int, help="channel (conv) or unit (fc; fc8: class index)")
     p.add_argument("--steps", type=POSITIVE, default=128, help="optimisation steps (default 128)")
     p.add_argument("--seed", type=int, default=0)

@@ -12,6 +12,12 @@ under a small bounded semaphore (it is the memory-hungry step for large uploads)
 most ``max_batch`` analyses are in flight, and the forward pass runs under a lock with
 the waiting images batched together, so memory stays bounded however many requests
 arrive and throughput rises under load.
+
+The page tells its story with AlexNet's eight layers (five conv stages, then fc6, fc7 and
+fc8: the pipeline, the reveal, the depth curve, fc7 neighbours, Grad-CAM at conv5, the
+stencil over conv1's pooled maps). A model of another layout (``alexnet_fast``: conv1 ..
+conv7 and fc8) is refused when the engine is made, with one line saying what it lacks
+(:func:`check_layout`); its analyses are the command line's (report, atlas, explain, ...).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from alexnet.checkpoint import ModelMeta, load_model
 from alexnet.data.decode import DecodeError, decode_image, encode_jpeg, resize_center_crop
 from alexnet.data.sampling import spaced_indices
 from alexnet.devices import resolve_device
-from alexnet.errors import ExplorerError
+from alexnet.errors import ExplorerError, UsageError
 from alexnet.explorer.common import (  # re-exported: the engine's public helpers live in common
     Analysis,
     _upscale,
@@ -45,10 +51,11 @@ from alexnet.explorer.common import (  # re-exported: the engine's public helper
     png_bytes,
 )
 from alexnet.lru import LRU
+from alexnet.models import LAYER_NAMES, conv_layers_of
 
 log = logging.getLogger(__name__)
 
-CONV_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
+CONV_LAYERS: tuple[str, ...] = conv_layers_of(LAYER_NAMES)  # the page's five stages: AlexNet's conv1 .. conv5
 # Layers the page's stencil can slide: conv1 over the pixels, conv2 over conv1's maps.
 STENCIL_LAYERS: tuple[str, ...] = ("conv1", "conv2")
 
@@ -82,6 +89,29 @@ ALLOWED_CONTENT_TYPES = frozenset(
 )
 _ID_RE = re.compile(r"(val|train)-([0-9]{1,9})")  # used with fullmatch: no trailing newline slips through
 _SAMPLE_RE = re.compile(r"sample-([a-z_]{1,32})")
+
+
+# --------------------------------------------------------------------------- the layout
+
+
+def check_layout(model: nn.Module, name: str) -> None:
+    """Refuse (:class:`UsageError`, one line) a model whose rows are not AlexNet's
+    (:data:`alexnet.models.LAYER_NAMES`): the page has a place for each of those eight
+    layers and for no other."""
+    names = tuple(getattr(model, "layer_names", ()))
+    if names == LAYER_NAMES:
+        return
+    missing = [n for n in LAYER_NAMES if n not in names]
+    extra = [n for n in names if n not in LAYER_NAMES]
+    what = "; ".join(part for part in (
+        f"it has no {', '.join(missing)}" if missing else "",
+        f"the page has no place for its {', '.join(extra)}" if extra else "",
+    ) if part) or "its layers come in another order"
+    raise UsageError(
+        f"the explorer's page is written for AlexNet's layers ({', '.join(LAYER_NAMES)}); {name} has "
+        f"{', '.join(names) or 'no named layers'}: {what}. For this model use alexnet report, atlas, "
+        f"explain, neighbors or visualise"
+    )
 
 
 # --------------------------------------------------------------------------- datasets
@@ -208,6 +238,7 @@ class Engine:
         atlas_top_k: int = 9,
         featvis_seconds: float = 6.0,
     ) -> None:
+        check_layout(model, meta.model)
         self.model, self.meta = model.eval(), meta
         for p in self.model.parameters():  # nothing here trains: gradients are only ever wanted w.r.t. inputs
             p.requires_grad_(False)

@@ -46,14 +46,16 @@ from alexnet.explorer.common import (
     png_bytes,
 )
 from alexnet.lru import LRU
+from alexnet.models import LAYER_NAMES, conv_layers_of
 
 if TYPE_CHECKING:
     from alexnet.analysis.atlas import Atlas
 
 log = logging.getLogger(__name__)
 
-CONV_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
-FC_LAYERS: tuple[str, ...] = ("fc6", "fc7", "fc8")
+# The engine admits AlexNet's layout only (alexnet.explorer.engine.check_layout).
+CONV_LAYERS: tuple[str, ...] = conv_layers_of(LAYER_NAMES)
+FC_LAYERS: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n not in CONV_LAYERS)
 METHODS: tuple[str, ...] = ("occlusion", "gradcam")
 
 
