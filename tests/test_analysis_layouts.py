@@ -154,6 +154,8 @@ def test_report_of_an_alexnet_fast_run(fast_run: FastRun, tmp_path: Path) -> Non
     assert "Retrieval by conv7 (Figure 4, right)" in page
     assert "indexed by conv7 (288-d)" in page and "by conv7 distance" in page
     assert "one row per conv layer (conv1 to conv7)" in page
+    assert "24 fixed 2x2x3 whitening filters (fitted to the training patches, not learned)" in page
+    assert "learned 2x2x3" not in page
     assert (run / "report" / "retrieval.png").is_file() and (run / "report" / "unit_atlas.png").is_file()
 
 

@@ -34,6 +34,7 @@ from alexnet.data.splits import open_splits
 from alexnet.devices import resolve_device
 from alexnet.errors import AlexNetError, ReportError
 from alexnet.files import atomic_write_bytes
+from alexnet.layers import PatchWhitening
 from alexnet.runs import RunPaths
 
 
@@ -359,6 +360,15 @@ def _kernel_section(model, path: Path) -> _Section:
             f"mean colourfulness {towers[0]['mean']:.2f} (tower A) and {towers[1]['mean']:.2f} (tower B).",
         )
     t = towers[0]
+    if isinstance(getattr(model, "conv1", None), PatchWhitening):
+        # alexnet_fast: conv1 is a patch-whitening layer fitted to the data, not trained
+        return _Section(
+            f"conv1 kernels: the {n} fixed {k}x{k}x3 whitening filters (fitted to the training patches, not learned)",
+            fig, note=note + " The filters are the eigenvectors of the training images' patch covariance scaled to "
+            "unit variance, each with its negative; only their biases are trained.",
+            alt=f"The {n} fixed {k}x{k} whitening filters of conv1 as small colour images in one grid; "
+            f"mean colourfulness {t['mean']:.2f}.",
+        )
     return _Section(
         f"conv1 kernels: the {n} learned {k}x{k}x3 filters of this single-column model", fig,
         note=note + f" This model has one column (no towers), so the paper's two-tower comparison does not apply; "

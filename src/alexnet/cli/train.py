@@ -104,9 +104,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "batch is N times it, the learning rate is used as given).",
     )
     p.add_argument("--config", default=None, help="TOML or YAML file of config keys")
-    p.add_argument("--preset", default=None, help="imagenet-paper, cifar10 or demo")
+    p.add_argument("--preset", default=None, help="imagenet-paper, cifar10 (alexnet_fast), cifar10-small or demo")
     p.add_argument("--data", default=None, type=existing_dir, help="dataset directory (default: the embedded dataset)")
-    p.add_argument("--model", default=None, help="alexnet, alexnet_owt or alexnet_small")
+    p.add_argument("--model", default=None, help="alexnet, alexnet_owt, alexnet_small or alexnet_fast")
     p.add_argument("--epochs", type=POSITIVE, default=None)
     p.add_argument("--batch-size", type=POSITIVE, default=None, help="per process (paper: 128)")
     p.add_argument("--lr", type=float_range(0, open_lo=True), default=None, help="learning rate (paper: 0.01)")
