@@ -242,7 +242,7 @@ def _cifar(ctx: Context, name: str, minutes: float) -> Step:
     if ctx.dry:
         argv = _py(ctx, "cifar10.py", "--train", train, "--holdout=2", "--device=cpu", "--epochs=1",
                    f"--minutes={minutes}", "--set", "batch_size=8", "--set",
-                   "model_options={width: 0.125, norm: bn, dropout: 0.5}", f"--json={out}")
+                   "model_options={width: 0.125}", f"--json={out}")
     else:
         argv = _py(ctx, "cifar10.py", "--train", train, "--holdout=500", "--device=cuda",
                    f"--minutes={minutes}", f"--json={out}")

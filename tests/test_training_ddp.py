@@ -89,7 +89,7 @@ def test_dataset_picks_the_preset(tmp_path):
     cifar = write_folder_dataset(tmp_path / "cifar", classes=10, train=2, val=1, size=32)
     args = build_parser().parse_args(["train", "--data", str(cifar), "--epochs", "1"])
     cfg = config_from_args(args)
-    assert cfg.preset == "cifar10" and cfg.model == "alexnet_small" and cfg.epochs == 1
+    assert cfg.preset == "cifar10" and cfg.model == "alexnet_fast" and cfg.epochs == 1
     big = write_folder_dataset(tmp_path / "big", classes=2, train=1, val=1, size=80)
     assert config_from_args(build_parser().parse_args(["train", "--data", str(big)])).preset == "imagenet-paper"
     assert config_from_args(build_parser().parse_args(["train"])).preset == "demo"  # the embedded data

@@ -156,10 +156,12 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(data, tmp_pa
         )
         try:
             wait_for(last.exists, proc, timeout=120)
-            killed_at = load_checkpoint(last)["train_state"]["step"]
+            # kill first, read after: the rest of this tiny run takes well under a second, less
+            # than reading a checkpoint on a loaded machine
             workers = [c for c in _children(proc.pid) if "alexnet" in Path(f"/proc/{c}/cmdline").read_text()]
             assert len(workers) == 2, workers
             os.kill(workers[1], signal.SIGKILL)  # rank 1 dies mid-run
+            killed_at = load_checkpoint(last)["train_state"]["step"]  # rank 0 cannot save alone after it
             proc.wait(timeout=240)
         finally:
             if proc.poll() is None:
