@@ -86,15 +86,21 @@ class _Stdout(logging.StreamHandler):
         super().emit(record)
 
 
-def show_engine_messages() -> None:
-    """Show the library's progress (logger ``alexnet``: epoch lines, re-plans) on stdout, as
-    the CLI does, so that a benchmark's log holds the run's epochs. Idempotent."""
+@contextlib.contextmanager
+def engine_messages() -> Iterator[None]:
+    """Inside: the library's progress (logger ``alexnet``: epoch lines, re-plans) goes to
+    stdout, as the CLI shows it, so that a benchmark's log holds the run's epochs. The handler
+    is removed on the way out (a test process runs other commands after a benchmark)."""
     logger = logging.getLogger("alexnet")
-    if not any(isinstance(h, _Stdout) for h in logger.handlers):
-        handler = _Stdout()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    handler, level = _Stdout(), logger.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def synchronize(device: torch.device) -> None:

@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     bf16_supported,
     describe_hardware,
+    engine_messages,
     matmul_tflops,
     resolve_device,
-    show_engine_messages,
     train_step_flops,
 )
 
@@ -274,8 +274,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    with engine_messages():  # the engine's epoch lines and re-plans go into this run's log
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
     t0 = time.perf_counter()
-    show_engine_messages()  # the engine's epoch lines and re-plans go into this run's log
     budget_s = args.minutes * 60
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,6 +4,7 @@ and the fast LRN they rely on equals the paper's formula."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -239,6 +240,8 @@ def test_cifar10_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], pr
     assert (tmp_path / "run" / "model.safetensors").is_file()
     stored = json.loads((tmp_path / "result.json").read_text())
     assert stored["preset"] == preset and stored["top1_tta"] == out["top1_tta"]
+    # the log handler goes with the run: later commands in this process print their lines once
+    assert not any(isinstance(h, _common._Stdout) for h in logging.getLogger("alexnet").handlers)
 
 
 class _Recorder(torch.nn.Module):
