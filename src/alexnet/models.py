@@ -71,6 +71,11 @@ def embedding_layer_of(layer_names: Sequence[str]) -> str:
     return hidden_layers_of(layer_names)[-1]
 
 
+# AlexNet's conv stages (conv1 .. conv5): the explorer's page and the atlas's default; a
+# model's own are ``model.conv_layers``.
+CONV_LAYER_NAMES: tuple[str, ...] = conv_layers_of(LAYER_NAMES)
+
+
 # --------------------------------------------------------------------------- the paper's pieces
 
 

@@ -66,11 +66,10 @@ from alexnet.data.sampling import spaced_indices
 from alexnet.errors import EvaluationError, IndexFormatError
 from alexnet.evaluation import fit_images, iter_batches
 from alexnet.files import atomic_write_bytes
-from alexnet.models import LAYER_NAMES, conv_layers_of
+from alexnet.models import CONV_LAYER_NAMES as CONV_LAYERS  # noqa: F401 (AlexNet's stages; a model's own: model.conv_layers)
 
 log = logging.getLogger("alexnet")
 
-CONV_LAYERS: tuple[str, ...] = conv_layers_of(LAYER_NAMES)  # AlexNet's; a model's own: model.conv_layers
 ATLAS_VERSION = 1
 ATLAS_TENSORS = "atlas.safetensors"
 ATLAS_JSON = "atlas.json"

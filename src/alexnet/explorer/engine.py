@@ -51,11 +51,11 @@ from alexnet.explorer.common import (  # re-exported: the engine's public helper
     png_bytes,
 )
 from alexnet.lru import LRU
-from alexnet.models import LAYER_NAMES, conv_layers_of
+from alexnet.models import CONV_LAYER_NAMES as CONV_LAYERS  # the page's five stages
+from alexnet.models import LAYER_NAMES
 
 log = logging.getLogger(__name__)
 
-CONV_LAYERS: tuple[str, ...] = conv_layers_of(LAYER_NAMES)  # the page's five stages: AlexNet's conv1 .. conv5
 # Layers the page's stencil can slide: conv1 over the pixels, conv2 over conv1's maps.
 STENCIL_LAYERS: tuple[str, ...] = ("conv1", "conv2")
 

@@ -46,7 +46,8 @@ from alexnet.explorer.common import (
     png_bytes,
 )
 from alexnet.lru import LRU
-from alexnet.models import LAYER_NAMES, conv_layers_of
+from alexnet.models import CONV_LAYER_NAMES as CONV_LAYERS
+from alexnet.models import LAYER_NAMES
 
 if TYPE_CHECKING:
     from alexnet.analysis.atlas import Atlas
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The engine admits AlexNet's layout only (alexnet.explorer.engine.check_layout).
-CONV_LAYERS: tuple[str, ...] = conv_layers_of(LAYER_NAMES)
 FC_LAYERS: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n not in CONV_LAYERS)
 METHODS: tuple[str, ...] = ("occlusion", "gradcam")
 

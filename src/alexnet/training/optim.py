@@ -137,7 +137,7 @@ def load_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], kind: st
     source = state_kind(state)
     converted = source is not None and source != kind
     settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(convert_state(state, kind) if converted else state)
+    optimizer.load_state_dict(convert_state(state, kind))
     for group, own in zip(optimizer.param_groups, settings, strict=True):
         params = group["params"]
         group.clear()  # the other kind's keys (torch's dampening, ...) go
