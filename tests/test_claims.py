@@ -78,6 +78,38 @@ def test_run_claim_per_seed_figures_and_ensemble(tiny_data):
     assert again.val_error == errs[0] and again.train_error_curve == one["curves"][0]
 
 
+def test_fastest_rate_prefers_more_seeds_reaching_then_fewer_steps():
+    def v(name, lr, steps):
+        return {"variant": name, "lr": lr, "summary": {"steps_to_target": claims.mean_std(steps)}}
+
+    variants = {"a1": v("a", 0.1, [50, None]), "a2": v("a", 0.01, [80, 90]), "a3": v("a", 0.001, [None, None]),
+                "b1": v("b", 0.1, [None, None]), "b2": v("b", 0.01, [400, 200]), "c": v("c", 0.1, [None, None])}
+    best = claims.fastest_rates(variants)
+    assert best["a"]["lr"] == 0.01 and best["a"]["steps"] == 85  # both seeds beat one seed at 50
+    assert best["b"]["lr"] == 0.01 and best["b"]["steps"] == 300 and best["b"]["reached"] == 2
+    assert best["c"]["lr"] is None
+    text = claims.fastest_text({"title": "t", "fastest": {"a": best["a"], "b": best["b"]}}, 2)
+    assert "lr 0.01, 85.0 ± 7.1 steps" in text and "ratio b / a: 3.53" in text
+
+
+def test_several_learning_rates_run_every_variant_at_each(tiny_data):
+    settings = dataclasses.replace(TINY, target_error=0.99)  # reached at once: every rate has a step count
+    res = claims.run_claim(claims.CLAIMS["relu"], tiny_data, settings, seeds=[0], lrs=[0.05, 1e-6])
+    assert list(res["variants"]) == ["relu, lr 0.05", "relu, lr 1e-06", "tanh, lr 0.05", "tanh, lr 1e-06"]
+    fast, slow = res["variants"]["relu, lr 0.05"], res["variants"]["relu, lr 1e-06"]
+    assert fast["lr"] == 0.05 and fast["variant"] == "relu"
+    assert fast["curves"] != slow["curves"]  # the rate reached the optimiser: same seed, different run
+    assert set(res["fastest"]) == {"relu", "tanh"}
+    one = claims.run_claim(claims.CLAIMS["relu"], tiny_data, settings, seeds=[0])
+    assert list(one["variants"]) == ["relu", "tanh"] and "fastest" not in one
+    assert one["variants"]["relu"]["curves"] == claims.run_claim(
+        claims.CLAIMS["relu"], tiny_data, dataclasses.replace(settings, lr=0.01), seeds=[0], lrs=[0.01])["variants"]["relu"]["curves"]
+    assert claims.parse_args(["--lr", "0.001,0.01"]).lr == [0.001, 0.01]
+    for bad in ("0.01,x", "0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            claims.parse_args(["--lr", bad])
+
+
 def test_main_writes_table_results_and_plots(tmp_path):
     out = tmp_path / "claims"
     claims.main(["relu", "towers", "--data", "synthetic", "--train-per-class", "4", "--val-per-class", "2",
