@@ -72,10 +72,27 @@ def test_run_claim_per_seed_figures_and_ensemble(tiny_data):
     assert len(one["per_seed"]) == 2 and len(one["curves"][0]) == TINY.steps
     errs = [p["val_error"] for p in one["per_seed"]]
     assert one["summary"]["val_error"][0] == pytest.approx(sum(errs) / 2)
-    assert "2 CNNs (ensemble)" in res["variants"]
+    ens = res["variants"]["2 CNNs (ensemble)"]
+    assert ens["members"] == 2 and set(ens["summary"]) == {"val_error", "val_error_10crop"}
+    table = claims.results_table(res)
+    assert "| 1 CNN | " in table and "| 2 CNNs (ensemble) | " in table
+    assert "40.7% / 18.2% (paper)" in table and "38.1% / 16.4% (5 CNNs) (paper)" in table
     # the same seed gives the same run: the experiments are repeatable
     again = claims.train_run(claims.BASE, tiny_data, TINY, 0)
     assert again.val_error == errs[0] and again.train_error_curve == one["curves"][0]
+    members = [again, claims.train_run(claims.BASE, tiny_data, TINY, 1)]
+    assert {m: ens["summary"][m][0] for m in ens["summary"]} == claims.ensemble_errors(members, tiny_data.val_y)
+
+
+def test_ensemble_averages_softmax_per_view():
+    def member(centre, ten):
+        return claims.RunResult([], None, 0, 0, 0, torch.tensor(centre), torch.tensor(ten))
+
+    # two images of class 0 and 1; alone each member gets one wrong, averaged they get both right
+    a = member([[0.9, 0.1], [0.6, 0.4]], [[0.2, 0.8], [0.2, 0.8]])
+    b = member([[0.4, 0.6], [0.1, 0.9]], [[0.3, 0.7], [0.4, 0.6]])
+    errs = claims.ensemble_errors([a, b], torch.tensor([0, 1]))
+    assert errs == {"val_error": 0.0, "val_error_10crop": 0.5}
 
 
 def test_fastest_rate_prefers_more_seeds_reaching_then_fewer_steps():
