@@ -109,6 +109,15 @@ def test_fastest_rate_prefers_more_seeds_reaching_then_fewer_steps():
     assert "lr 0.01, 85.0 ± 7.1 steps" in text and "ratio b / a: 3.53" in text
 
 
+def test_common_level_is_the_lowest_every_variant_reaches():
+    fast = {"curves": [[0.9, 0.5, 0.3, 0.2], [0.9, 0.7, 0.3, 0.2]]}  # mean 0.9, 0.6, 0.3, 0.2
+    slow = {"curves": [[0.9, 0.8, 0.7, 0.4], [0.9, 0.8, 0.5, 0.4]]}  # mean 0.9, 0.8, 0.6, 0.4
+    common = claims.common_level({"fast": fast, "slow": slow})
+    assert common["level"] == pytest.approx(0.4) and common["steps"] == {"fast": 3, "slow": 4}
+    text = claims.common_level_text({"title": "t", "common_level": common})
+    assert "reaches 40.0%" in text and "fast 3, slow 4" in text and "ratio fast / slow: 0.75" in text
+
+
 def test_several_learning_rates_run_every_variant_at_each(tiny_data):
     settings = dataclasses.replace(TINY, target_error=0.99)  # reached at once: every rate has a step count
     res = claims.run_claim(claims.CLAIMS["relu"], tiny_data, settings, seeds=[0], lrs=[0.05, 1e-6])
