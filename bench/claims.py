@@ -549,24 +549,44 @@ def results_table(res: dict[str, Any]) -> str:
 
 
 def plot(res: dict[str, Any], path: Path, target: float) -> None:
-    """Running training error against steps per variant (mean over seeds, band = min..max);
-    for the test-time claim, held-out error per evaluation."""
+    """Left: running training error against steps per variant (mean over seeds, band = min..max).
+    Right: each variant's training error and held-out error at the end (mean, bar = std over
+    seeds), so a reader sees the gap that dropout and augmentation are about. For the
+    test-time claim: held-out error per evaluation (centre, ten crops, ensemble)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    def bars(ax: Any, groups: list[tuple[str, list[tuple[str, Any]]]]) -> None:
+        """Grouped bars: per group (a variant) one bar per (label, (mean, std, n)) in percent."""
+        labels = list(dict.fromkeys(label for _, items in groups for label, _ in items))
+        width = 0.8 / max(1, len(labels))
+        for j, label in enumerate(labels):
+            xs, ys, es = [], [], []
+            for i, (_, items) in enumerate(groups):
+                for name, (mean, std, _n) in items:
+                    if name == label and mean is not None:
+                        xs.append(i + (j - (len(labels) - 1) / 2) * width)
+                        ys.append(100 * mean)
+                        es.append(100 * (std or 0.0))
+            ax.bar(xs, ys, width, yerr=es, capsize=3, label=label)
+            for x, y, e in zip(xs, ys, es, strict=True):
+                ax.annotate(f"{y:.1f}", (x, y + e), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                            textcoords="offset points")
+        ax.set_xticks(range(len(groups)), [g for g, _ in groups], fontsize=8)
+        ax.legend(fontsize=8)
+
     if res["claim"] == "testtime":
-        names, values = [], []
-        for name, v in res["variants"].items():
-            for metric in ("val_error", "val_error_10crop"):
-                if metric in v["summary"] and v["summary"][metric][0] is not None:
-                    names.append(f"{name}\n{'10 crops' if metric.endswith('10crop') else 'centre'}")
-                    values.append(100 * v["summary"][metric][0])
-        ax.bar(names, values, color="#4a78b5")
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+        groups = [(name, [(("centre crop", "ten crops")[k], v["summary"][m])
+                          for k, m in enumerate(("val_error", "val_error_10crop")) if m in v["summary"]])
+                  for name, v in res["variants"].items()]
+        bars(ax, groups)
         ax.set_ylabel("held-out error (%)")
+        ax.set_title(res["title"], fontsize=10)
     else:
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100, gridspec_kw={"width_ratios": [3, 2]})
         for name, v in res["variants"].items():
             curves = [c for c in v["curves"] if c]
             if not curves:
@@ -579,7 +599,13 @@ def plot(res: dict[str, Any], path: Path, target: float) -> None:
         ax.set_xlabel("step")
         ax.set_ylabel("training error, running (%)")
         ax.legend(fontsize=8)
-    ax.set_title(res["title"], fontsize=10)
+        ax.set_title(res["title"], fontsize=10)
+        groups = [(name, [(label, v["summary"][m]) for label, m in (("training", "train_error"),
+                                                                      ("held-out", "val_error")) if m in v["summary"]])
+                  for name, v in res["variants"].items()]
+        bars(bx, groups)
+        bx.set_ylabel("error at the end (%)")
+        bx.set_title("training (eval mode, centre crop) and held-out error", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -615,6 +641,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/claims"))
     p.add_argument("--quick", action="store_true", help="tiny: 50+20 images per class, 30 steps, 2 seeds")
     p.add_argument("--list", action="store_true", help="list the claims and exit")
+    p.add_argument("--combine", type=Path, nargs="+", metavar="DIR",
+                   help="no training: rebuild the table and plots in --out from earlier runs' DIR/results.json, "
+                        "combining the variants of a claim run in separate processes (e.g. one learning rate each)")
     args = p.parse_args(argv)
     if args.quick:
         args.train_per_class, args.val_per_class, args.steps, args.seeds = 50, 20, 30, 2
@@ -624,12 +653,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def describe_run(meta: dict[str, Any]) -> str:
+    """The header line of one run: command, date, machine, data and settings."""
+    st = meta["settings"]
+    rates = ", ".join(f"{lr:g}" for lr in meta.get("learning_rates", [st["lr"]]))
+    return (f"`{meta['command']}`: {meta['date']}, {meta['cpu']} ({meta['threads']} threads), torch {meta['torch']}; "
+            f"{meta['train_images']} training / {meta['held_out_images']} held-out images, seeds {meta['seeds']}, "
+            f"{st['steps']} steps of {st['batch_size']}, lr {rates}")
+
+
+def write_outputs(out: Path, results: list[dict[str, Any]], metas: list[dict[str, Any]]) -> str:
+    """The table, the plots and ``results.json`` of ``results`` in ``out``; returns the table text."""
+    out.mkdir(parents=True, exist_ok=True)
+    n_seeds = max(len(m["seeds"]) for m in metas)
+    target = metas[0]["settings"]["target_error"]
+    for res in results:
+        plot(res, out / f"{res['claim']}.png", target)
+    meta: dict[str, Any] = metas[0] if len(metas) == 1 else {"combined_from": metas}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "claims": results}, indent=1))
+    extras = [common_level_text(r) for r in results] + [fastest_text(r, n_seeds) for r in results]
+    extras += [results_table(r) for r in results if r["claim"] == "testtime"]
+    text = "\n\n".join([table(results, n_seeds), *filter(None, extras)])
+    header = "\n".join(describe_run(m) for m in metas)
+    (out / "claims.md").write_text(f"{header}\n\n{text}\n")
+    return text
+
+
+def load_results(dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Claims and run descriptions from earlier runs' ``results.json``. Variants of one claim
+    from several runs are combined (e.g. one process per learning rate), labelled with their
+    rate when the rates differ, and the cross-variant figures are recomputed."""
+    claims_by_key: dict[str, dict[str, Any]] = {}
+    metas: list[dict[str, Any]] = []
+    entries: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for d in dirs:
+        path = d / "results.json"
+        try:
+            doc = json.loads(path.read_text())
+            meta, found = doc["meta"], doc["claims"]
+            lr = meta["settings"]["lr"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: {path}: not a results.json of bench/claims.py ({e.__class__.__name__}: {e})") from None
+        metas.extend(meta.get("combined_from", [meta]))
+        for res in found:
+            if res.get("claim") not in CLAIMS:
+                raise SystemExit(f"error: {path}: unknown claim {res.get('claim')!r}")
+            claims_by_key.setdefault(res["claim"], {k: v for k, v in res.items() if k != "variants"} | {"seconds": 0.0})
+            claims_by_key[res["claim"]]["seconds"] += res.get("seconds", 0.0)
+            for label, v in res["variants"].items():
+                entries.setdefault(res["claim"], []).append((label, {"variant": label, "lr": lr} | v))
+    results = []
+    for key, res in claims_by_key.items():
+        rates = {v["lr"] for _, v in entries[key]}
+        res["variants"] = {}
+        for label, v in entries[key]:
+            name = label if len(rates) == 1 or ", lr " in label else f"{v['variant']}, lr {v['lr']:g}"
+            if name in res["variants"]:
+                raise SystemExit(f"error: variant {name!r} of claim {key!r} appears in more than one run")
+            res["variants"][name] = v
+        if "steps_to_target" in CLAIMS[key].metrics:
+            res["common_level"] = common_level(res["variants"])
+            if len(rates) > 1:
+                res["fastest"] = fastest_rates(res["variants"])
+        results.append(res)
+    return results, metas
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     if args.list:
         for c in CLAIMS.values():
             print(f"{c.key:9s} {c.title}: {c.paper}")
         return []
+    if args.combine:
+        results, metas = load_results(args.combine)
+        print(write_outputs(args.out, results, metas))
+        return results
     if args.data == "synthetic":
         data = synthetic_data(train_per_class=args.train_per_class, val_per_class=args.val_per_class)
     else:
@@ -639,28 +738,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         data = load_cifar(root, args.train_per_class, args.val_per_class)
     settings = RunSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr[0], target_error=args.target_error)
     seeds = list(range(args.seeds))
-    args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for key in args.claims or list(CLAIMS):
-        res = run_claim(CLAIMS[key], data, settings, seeds, args.lr)
-        plot(res, args.out / f"{key}.png", settings.target_error)
-        results.append(res)
-        print(f"{key}: {res['seconds']:.0f} s", flush=True)
+        results.append(run_claim(CLAIMS[key], data, settings, seeds, args.lr))
+        print(f"{key}: {results[-1]['seconds']:.0f} s", flush=True)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "data": data.source,
         "train_images": len(data.train_y), "held_out_images": len(data.val_y), "seeds": seeds,
-        "settings": asdict(settings), "learning_rates": args.lr, "command": "python bench/claims.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": asdict(settings), "learning_rates": args.lr,
+        "command": "python bench/claims.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "claims": results}, indent=1))
-    extras = [common_level_text(r) for r in results] + [fastest_text(r, len(seeds)) for r in results]
-    extras += [results_table(r) for r in results if r["claim"] == "testtime"]
-    text = "\n\n".join([table(results, len(seeds)), *filter(None, extras)])
-    (args.out / "claims.md").write_text(
-        f"{meta['command']}\n\n{meta['date']}, {meta['cpu']} ({meta['threads']} threads), torch {meta['torch']}; "
-        f"{meta['train_images']} training / {meta['held_out_images']} held-out images, seeds {seeds}, "
-        f"{settings.steps} steps of {settings.batch_size}, lr {', '.join(f'{lr:g}' for lr in args.lr)}\n\n{text}\n")
-    print(text)
+    print(write_outputs(args.out, results, [meta]))
     return results
 
 

@@ -149,6 +149,28 @@ def test_main_writes_table_results_and_plots(tmp_path):
     assert "ReLU vs tanh" in md and "~6x" in md and "colourfulness" in md
 
 
+def test_combine_rebuilds_one_table_from_runs_at_different_rates(tmp_path):
+    common = ["relu", "--data", "synthetic", "--train-per-class", "4", "--val-per-class", "2",
+              "--steps", "2", "--seeds", "2", "--batch-size", "8", "--target-error", "0.99"]
+    for lr in ("0.05", "0.001"):
+        claims.main([*common, "--lr", lr, "--out", str(tmp_path / lr)])
+    single = json.loads((tmp_path / "0.05" / "results.json").read_text())["claims"][0]
+    combined = claims.main(["--combine", str(tmp_path / "0.05"), str(tmp_path / "0.001"), "--out", str(tmp_path / "all")])
+    res = combined[0]
+    assert list(res["variants"]) == ["relu, lr 0.05", "tanh, lr 0.05", "relu, lr 0.001", "tanh, lr 0.001"]
+    assert res["variants"]["relu, lr 0.05"]["curves"] == single["variants"]["relu"]["curves"]
+    assert set(res["fastest"]) == {"relu", "tanh"} and res["common_level"]["steps"]
+    md = (tmp_path / "all" / "claims.md").read_text()
+    assert md.count("`python bench/claims.py relu") == 2 and "Fastest learning rate" in md
+    assert (tmp_path / "all" / "relu.png").stat().st_size > 0
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"not a results\.json"):
+        claims.main(["--combine", str(tmp_path / "bad"), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="more than one run"):
+        claims.main(["--combine", str(tmp_path / "0.05"), str(tmp_path / "0.05"), "--out", str(tmp_path / "x")])
+
+
 def test_paper_recipe_verdict():
     v = paper_recipe.verdict([2.3] * 5 + [1.5] * 10, 0.5, classes=10, n_val=500)
     assert v["learned"] and v["chance_loss"] == pytest.approx(math.log(10))
