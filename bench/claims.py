@@ -574,7 +574,8 @@ def plot(res: dict[str, Any], path: Path, target: float) -> None:
             for x, y, e in zip(xs, ys, es, strict=True):
                 ax.annotate(f"{y:.1f}", (x, y + e), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
                             textcoords="offset points")
-        ax.set_xticks(range(len(groups)), [g for g, _ in groups], fontsize=8)
+        ax.set_xticks(range(len(groups)), [g for g, _ in groups], fontsize=8,
+                      rotation=25 if len(groups) > 3 else 0, ha="right" if len(groups) > 3 else "center")
         ax.legend(fontsize=8)
 
     if res["claim"] == "testtime":
