@@ -302,12 +302,12 @@ def train_run(spec: NetSpec, data: Data, settings: RunSettings, seed: int, augme
     centre = EvalTransform(crop, data.stats, "channel")
     ten = EvalTransform(crop, data.stats, "channel", ten_crop=True)
     val_probs = _probs(model, data.val_x, centre)
-    val_err = float((val_probs.argmax(1) != data.val_y).float().mean())
+    val_err = error_rate(val_probs, data.val_y)
     val_probs10 = _probs(model, data.val_x, ten)
-    val_err10 = float((val_probs10.argmax(1) != data.val_y).float().mean())
+    val_err10 = error_rate(val_probs10, data.val_y)
     k = min(n, len(data.val_y))
     sub = torch.linspace(0, n - 1, k).long()  # evenly spaced training images, as many as held out
-    train_err = float((_probs(model, data.train_x[sub], centre).argmax(1) != data.train_y[sub]).float().mean())
+    train_err = error_rate(_probs(model, data.train_x[sub], centre), data.train_y[sub])
     colour = None
     if spec.towers > 1:
         c = colourfulness(model.conv1().weight)
@@ -414,21 +414,31 @@ def run_claim(claim: Claim, data: Data, settings: RunSettings, seeds: Sequence[i
             out["variants"][f"{len(members)} CNNs (ensemble){label.removeprefix('1 CNN')}"] = {
                 "members": len(members), "per_seed": [errs], "curves": [],
                 "summary": {metric: (err, None, 1) for metric, err in errs.items()}}
-    if "steps_to_target" in claim.metrics:
-        out["common_level"] = common_level(out["variants"])
-    if len(lrs) > 1 and "steps_to_target" in claim.metrics:
-        out["fastest"] = fastest_rates(out["variants"])
+    compare_variants(out)
     out["seconds"] = time.perf_counter() - t0
     return out
 
 
+def compare_variants(res: dict[str, Any]) -> None:
+    """Add the figures that compare variants to a claim's result (one home for a fresh run and
+    for ``--combine``): for a claim about steps to the target, the common level and, when the
+    variants ran at several learning rates, each variant's fastest rate."""
+    if "steps_to_target" not in CLAIMS[res["claim"]].metrics:
+        return
+    res["common_level"] = common_level(res["variants"])
+    if len({v["lr"] for v in res["variants"].values() if "lr" in v}) > 1:
+        res["fastest"] = fastest_rates(res["variants"])
+
+
+def error_rate(probs: Tensor, labels: Tensor) -> float:
+    """Fraction of images whose most probable class is not their label."""
+    return float((probs.argmax(1) != labels).float().mean())
+
+
 def ensemble_errors(members: Sequence[RunResult], labels: Tensor) -> dict[str, float]:
     """Held-out error of the members' averaged softmax, from the centre crop and from ten crops."""
-    def error(probs: list[Tensor]) -> float:
-        return float((torch.stack(probs).mean(0).argmax(1) != labels).float().mean())
-
-    return {"val_error": error([r.val_probs for r in members]),
-            "val_error_10crop": error([r.val_probs_10crop for r in members])}
+    return {"val_error": error_rate(torch.stack([r.val_probs for r in members]).mean(0), labels),
+            "val_error_10crop": error_rate(torch.stack([r.val_probs_10crop for r in members]).mean(0), labels)}
 
 
 def common_level(variants: dict[str, Any]) -> dict[str, Any]:
@@ -712,10 +722,7 @@ def load_results(dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[
             if name in res["variants"]:
                 raise SystemExit(f"error: variant {name!r} of claim {key!r} appears in more than one run")
             res["variants"][name] = v
-        if "steps_to_target" in CLAIMS[key].metrics:
-            res["common_level"] = common_level(res["variants"])
-            if len(rates) > 1:
-                res["fastest"] = fastest_rates(res["variants"])
+        compare_variants(res)
         results.append(res)
     return results, metas
 
