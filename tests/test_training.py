@@ -243,3 +243,22 @@ def test_fit_time_limit_replans_epochs_and_schedule(tmp_path):
     assert cfg.epochs == 10
     t.train_time = 59.0
     assert not t._refit_epochs(10.0)  # not one more epoch fits: stop at this boundary
+
+
+def test_fit_time_limit_does_not_move_the_plan_up_and_down_with_wobbling_epoch_times(tmp_path):
+    from alexnet.training.trainer import Trainer
+
+    # 100 s, 9 epochs planned, epochs of 9.9-10.2 s: 10 would fit after the first epoch only
+    # if nothing slows down; a plan raised to 10 would come down to 9 a few epochs later
+    # (what a 10-minute CIFAR-10 run did: 8 -> 9 -> 10 -> 9 -> 10 -> 9).
+    cfg = tiny_config(tmp_path / "run", epochs=9, time_limit_minutes=100 / 60, fit_time_limit=True)
+    t = Trainer(cfg, train_set=Blobs(), val_set=None)
+    plans = []
+    for t.epoch, seconds in enumerate((9.9, 10.2, 9.9, 10.2, 9.9), start=1):
+        t.train_time = 10.0 * t.epoch
+        assert t._refit_epochs(seconds)
+        plans.append(t.epochs)
+    assert plans == [9, 9, 9, 9, 9]
+    t.epoch, t.train_time = 5, 50.0
+    assert t._refit_epochs(8.0) and t.epochs == 10  # clearly faster: 5 more fit with 5% to spare
+    assert t._refit_epochs(12.5) and t.epochs == 9  # slower: shortened at once

@@ -657,11 +657,16 @@ class Trainer:
     def _refit_epochs(self, epoch_seconds: float) -> bool:
         """Re-plan the number of epochs so the run ends within its time limit (from the
         measured ``epoch_seconds``, validation included), at most twice the first plan; the
-        schedule is re-laid over the new length (:meth:`LRSchedule.replan`). False when not
-        even one more epoch fits."""
+        schedule is re-laid over the new length (:meth:`LRSchedule.replan`). Shortened as soon
+        as the plan does not fit, lengthened only when the extra epochs fit with 5% to spare.
+        False when not even one more epoch fits."""
         cfg = self.cfg
         left = cfg.time_limit_minutes * 60 - self.train_time
         fit = self.epoch + int(left // max(epoch_seconds, 1e-9))
+        if fit >= self.epochs:
+            # Lengthen only with 5% to spare: epoch times that wobble around a boundary would
+            # otherwise move the plan (and re-lay the schedule) up and down every epoch.
+            fit = max(self.epochs, self.epoch + int(left // max(1.05 * epoch_seconds, 1e-9)))
         fit = D.broadcast_object(min(fit, 2 * cfg.epochs))
         if fit <= self.epoch:
             if self.is_main:
