@@ -87,13 +87,14 @@ class _Stdout(logging.StreamHandler):
 
 
 @contextlib.contextmanager
-def engine_messages() -> Iterator[None]:
+def engine_messages(prefix: str = "") -> Iterator[None]:
     """Inside: the library's progress (logger ``alexnet``: epoch lines, re-plans) goes to
-    stdout, as the CLI shows it, so that a benchmark's log holds the run's epochs. The handler
-    is removed on the way out (a test process runs other commands after a benchmark)."""
+    stdout, as the CLI shows it, so that a benchmark's log holds the run's epochs; each line
+    starts with ``prefix`` (which of several processes wrote it). The handler is removed on
+    the way out (a test process runs other commands after a benchmark)."""
     logger = logging.getLogger("alexnet")
     handler, level = _Stdout(), logger.level
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:

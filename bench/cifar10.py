@@ -14,6 +14,11 @@ the whole schedule (one-cycle) ends inside the budget, and the engine's time lim
 the epochs from the measured epoch times as the run goes (``fit_time_limit``). On a CPU
 with bf16 units (AVX512-BF16/AMX) bf16 autocast is used.
 
+``--members K`` trains K networks at once, each in its own process with its share of the
+threads and its own seed, each fitting its epochs to the same deadline, and predicts with
+the mean of their softmaxes (the paper's ensemble, Section 6). On two cores two one-thread
+processes train more images per second together than one two-thread process.
+
 Prints the elapsed time (everything from the start: decoding, training, evaluation),
 training and test images/s, the training step's achieved GFLOP/s beside a bf16 and an fp32
 matrix product timed in the same run, and the test accuracy single-view, flip-averaged and
@@ -54,7 +59,7 @@ from _common import (
 
 from alexnet.data.decode import DecodeError, image_paths, read_image
 from alexnet.data.stats import DatasetStats, compute_stats
-from alexnet.training.config import from_dict, preset
+from alexnet.training.config import TrainConfig, from_dict, preset
 from alexnet.training.trainer import train
 
 CIFAR_SIZE = 32
@@ -171,24 +176,23 @@ TTA_SHIFTS: tuple[tuple[int, int, float], ...] = ((0, 0, 1.0), (-1, -1, 0.5), (1
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: InMemoryImages, eval_tf: torch.nn.Module, device: torch.device,
-             *, bf16: bool, channels_last: bool, batch_size: int = 500) -> dict[str, float]:
-    """Top-1 of the single centre view (``top1``), of the centre view and its mirror
-    (``top1_flip``, mean of the softmaxes) and with the shifted views too (``top1_tta``:
-    weighted mean of the logits of six views), and the single view's images/s."""
+def predict(model: torch.nn.Module, data: InMemoryImages, eval_tf: torch.nn.Module, device: torch.device,
+            *, bf16: bool, channels_last: bool, batch_size: int = 500) -> dict[str, Tensor | float]:
+    """The model's logits for every test image: the centre view (``centre``), its mirror
+    (``mirror``) and the weighted mean over the six views (``tta``), each ``[N, classes]`` on
+    the CPU, and the single view's images/s (``inference_images_per_s``)."""
     model.eval()
     norm = eval_tf.to(device).norm  # the engine's normalisation (of whole images); crops are taken here
     crop, side = int(eval_tf.crop), data.image_size
     room = (side - crop) // 2
     shifts = [(dy, dx, w) for dy, dx, w in TTA_SHIFTS if abs(dy) <= room and abs(dx) <= room]
-    correct = torch.zeros(3, dtype=torch.long)
+    total_weight = 2 * sum(w for _, _, w in shifts)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out: dict[str, list[Tensor]] = {"centre": [], "mirror": [], "tta": []}
     seconds = 0.0
     for s in range(0, len(data), batch_size):
-        x = data.images[s : s + batch_size].to(device)
-        y = data.labels[s : s + batch_size].to(device)
-        full = norm.full(x.float())
-        tta = torch.zeros(len(y), len(data.classes), device=device)
+        full = norm.full(data.images[s : s + batch_size].to(device).float())
+        tta = torch.zeros(len(full), len(data.classes), device=device)
         for dy, dx, weight in shifts:
             top, left = room + dy, room + dx
             inputs = full[:, :, top : top + crop, left : left + crop].contiguous(memory_format=fmt)
@@ -201,13 +205,31 @@ def evaluate(model: torch.nn.Module, data: InMemoryImages, eval_tf: torch.nn.Mod
                     seconds += time.perf_counter() - t
                 logits_flip = model(inputs.flip(-1)).float()
             if (dy, dx) == (0, 0):
-                correct[0] += (logits.argmax(1) == y).sum().cpu()
-                correct[1] += ((logits.softmax(1) + logits_flip.softmax(1)).argmax(1) == y).sum().cpu()
+                out["centre"].append(logits.cpu())
+                out["mirror"].append(logits_flip.cpu())
             tta += weight * (logits + logits_flip)
-        correct[2] += (tta.argmax(1) == y).sum().cpu()
-    n = len(data)
-    top1, top1_flip, top1_tta = (c / n for c in correct.tolist())
-    return {"top1": top1, "top1_flip": top1_flip, "top1_tta": top1_tta, "inference_images_per_s": n / max(seconds, 1e-9)}
+        out["tta"].append((tta / total_weight).cpu())
+    return {**{k: torch.cat(v) for k, v in out.items()}, "inference_images_per_s": len(data) / max(seconds, 1e-9)}
+
+
+def top1_scores(predictions: Sequence[dict[str, Tensor | float]], labels: Tensor) -> dict[str, float]:
+    """Top-1 of one model's or an ensemble's predictions (the paper's ensemble: the mean of
+    the members' softmaxes): the centre view (``top1``), the centre view and its mirror
+    (``top1_flip``, mean of their softmaxes) and the six views (``top1_tta``, the softmax of
+    each member's weighted mean logits). For one model the single view and the six views
+    are the argmax of its logits."""
+    centre = torch.stack([p["centre"].softmax(1) for p in predictions]).mean(0)
+    flip = torch.stack([(p["centre"].softmax(1) + p["mirror"].softmax(1)) / 2 for p in predictions]).mean(0)
+    tta = torch.stack([p["tta"].softmax(1) for p in predictions]).mean(0)
+    return {name: (probs.argmax(1) == labels).float().mean().item()
+            for name, probs in (("top1", centre), ("top1_flip", flip), ("top1_tta", tta))}
+
+
+def evaluate(model: torch.nn.Module, data: InMemoryImages, eval_tf: torch.nn.Module, device: torch.device,
+             *, bf16: bool, channels_last: bool, batch_size: int = 500) -> dict[str, float]:
+    """One model's top-1 (:func:`top1_scores`) and its single view's images/s."""
+    pred = predict(model, data, eval_tf, device, bf16=bf16, channels_last=channels_last, batch_size=batch_size)
+    return {**top1_scores([pred], data.labels), "inference_images_per_s": pred["inference_images_per_s"]}
 
 
 def measure_train_speed(cfg, train_set: InMemoryImages, device: torch.device, seconds: float) -> float:
@@ -234,7 +256,8 @@ def measure_train_speed(cfg, train_set: InMemoryImages, device: torch.device, se
         loss.backward()
         opt.step()
 
-    step()
+    for _ in range(2):  # warm-up: the first steps set up kernels and memory (2-3x slower here)
+        step()
     n, start = 0, time.perf_counter()
     while n < 3 or time.perf_counter() - start < seconds:
         step()
@@ -255,6 +278,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the recipe: cifar10 (alexnet_fast, default) or cifar10-small (the first wave's alexnet_small)")
     p.add_argument("--pad", type=int, default=None,
                    help="reflect padding for translations (default: the preset's, 2 px for cifar10, 4 for cifar10-small)")
+    p.add_argument("--members", type=int, default=1,
+                   help="train this many networks at once, one process each, and average their predictions "
+                        "(default 1)")
     p.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of fitting them to the budget")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training images (smoke tests)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary one)")
@@ -267,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give --test DIR, or --holdout K to test on the last K images per class of --train")
     if args.minutes <= 0 or (args.pad is not None and args.pad < 0) or (args.epochs is not None and args.epochs < 1):
         p.error("--minutes must be > 0, --pad >= 0, --epochs >= 1")
+    if not 1 <= args.members <= 64:
+        p.error("--members must be in [1, 64]")
     if args.pad is None:
         args.pad = PRESET_PAD[args.preset]
     return args
@@ -324,6 +352,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     cfg.progress, cfg.tensorboard = False, False
     cfg.checkpoint_minutes = 0.0
     cfg.log_every = max(cfg.log_every, 50)
+    cfg.validate()
     tmp = None
     if args.out is None:
         tmp = tempfile.TemporaryDirectory(prefix="cifar10-")
@@ -331,68 +360,111 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     else:
         cfg.out = str(args.out)
 
-    # ---- epochs that fit the budget: measure the step speed, leave room for evaluation.
-    # An evaluation pass over the test images is costed at 3x the training speed (forward
-    # only); the engine validates after every epoch, and after training come one more
-    # validation and this script's two passes (plain and mirrored).
-    ips = measure_train_speed(cfg, train_set, device, seconds=min(10.0, budget_s / 40))
-    eval_pass = len(test_set) / (3 * ips)
-    reserve = 3 * eval_pass + 10.0
-    if args.epochs is None:
-        remaining = budget_s - (time.perf_counter() - t0)
-        per_epoch = len(train_set) / ips + eval_pass + 1.0
-        cfg.epochs = max(1, math.floor((remaining - reserve) / per_epoch))
-        print(f"measured {ips:,.0f} training images/s: {cfg.epochs} epochs fit in the budget")
-        # The engine re-plans the epochs (stretching the schedule) from the measured epoch time.
-        cfg.fit_time_limit = True
+    # ---- train the members, each in its own process when there are several (one per core)
+    deadline = time.time() + budget_s - (time.perf_counter() - t0)  # wall clock: shared by the processes
+    threads = args.threads or torch.get_num_threads()
+    per_member = max(1, threads // args.members)
+    jobs = [(k, args.members, cfg, train_set, test_set, deadline, args.epochs, per_member) for k in range(args.members)]
+    if args.members == 1:
+        members = [train_member(*jobs[0])]
     else:
-        cfg.epochs = args.epochs
-    # The engine stops cleanly at this limit whatever happens (the schedule then ends early).
-    limit_s = budget_s - (time.perf_counter() - t0) - reserve
-    cfg.time_limit_minutes = max(0.05, limit_s / 60)
-    cfg.validate()
-    print(f"config: {cfg.model} {cfg.model_options}, batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule}, "
-          f"label smoothing {cfg.label_smoothing}, amp {cfg.amp}, channels_last {cfg.channels_last}, "
-          f"crop {cfg.crop}, epochs {cfg.epochs}")
-    sys.stdout.flush()
-
-    # ---- train through the engine (the test set doubles as its per-epoch validation)
-    result = train(cfg, train_set=train_set, val_set=test_set)
-    from alexnet.checkpoint import load_model
-    from alexnet.data.transforms import EvalTransform
-
-    model, meta = load_model(Path(cfg.out) / "model.safetensors")
-    model.to(device).to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    eval_tf = EvalTransform(meta.input_size, meta.stats, meta.norm_mode)
-    scores = evaluate(model, test_set, eval_tf, device, bf16=cfg.amp == "bf16", channels_last=cfg.channels_last)
+        print(f"training {args.members} networks at once, {per_member} thread(s) each, seeds "
+              f"{cfg.seed}..{cfg.seed + args.members - 1}; the test predictions are the mean of their softmaxes")
+        sys.stdout.flush()
+        with torch.multiprocessing.get_context("spawn").Pool(args.members) as pool:
+            members = pool.starmap(train_member, jobs)
+    scores = top1_scores(members, test_set.labels)
     elapsed = time.perf_counter() - t0
-    print(f"training: {result.status}, {result.epochs} epochs, {result.step} steps in {result.elapsed_s:.0f} s, "
-          f"{result.images_per_s:,.0f} images/s")
-    print(f"inference: {scores['inference_images_per_s']:,.0f} images/s (batch 500)")
+    images_per_s = sum(m["images_per_s"] for m in members)  # the machine's training throughput
+    for k, m in enumerate(members):
+        own = top1_scores([m], test_set.labels)
+        who = f"member {k + 1}: " if args.members > 1 else ""
+        print(f"{who}training: {m['status']}, {m['epochs']} epochs, {m['step']} steps in {m['train_s']:.0f} s, "
+              f"{m['images_per_s']:,.0f} images/s" + (f"; test top-1 {own['top1']:.1%} single view, "
+                                                       f"{own['top1_tta']:.1%} 6 views" if args.members > 1 else ""))
+    print(f"inference: {members[0]['inference_images_per_s']:,.0f} images/s (batch 500)")
     print(f"elapsed: {elapsed / 60:.1f} min (budget {args.minutes:g} min, data loading and evaluation included)")
     sys.stdout.flush()
     # ---- how close the step is to this machine's limit (after the budget: not in the time)
-    efficiency = step_efficiency(model, meta.input_size, device, result.images_per_s, bf16=cfg.amp == "bf16")
+    from alexnet.checkpoint import load_model
+
+    model, meta = load_model(Path(members[0]["out"]) / "model.safetensors")
+    efficiency = step_efficiency(model.to(device), meta.input_size, device, images_per_s, bf16=cfg.amp == "bf16")
     print(f"training step: {efficiency['train_gflop_per_image']:.3f} GFLOP per image (forward + backward, counted) x "
-          f"{result.images_per_s:,.0f} images/s = {efficiency['achieved_gflops']:,.0f} GFLOP/s; "
+          f"{images_per_s:,.0f} images/s = {efficiency['achieved_gflops']:,.0f} GFLOP/s; "
           f"matmul 2048^3 here: bf16 {efficiency['matmul_bf16_gflops']:,.0f} GFLOP/s, "
           f"fp32 {efficiency['matmul_fp32_gflops']:,.0f} GFLOP/s; ratio "
           f"{efficiency['ratio_bf16']:.2f} of bf16, {efficiency['ratio_fp32']:.2f} of fp32")
-    print(f"test top-1 single view: {scores['top1']:.1%}")
-    print(f"test top-1 flip-averaged: {scores['top1_flip']:.1%}")
-    print(f"test top-1 flip + 1 px translations (6 views): {scores['top1_tta']:.1%}")
+    what = f"ensemble of {args.members}, " if args.members > 1 else ""
+    print(f"test top-1 {what}single view: {scores['top1']:.1%}")
+    print(f"test top-1 {what}flip-averaged: {scores['top1_flip']:.1%}")
+    print(f"test top-1 {what}flip + 1 px translations (6 views): {scores['top1_tta']:.1%}")
     print(f"test top-1: {scores['top1_tta']:.1%}")
     if tmp is not None:
         tmp.cleanup()
-    out = {**scores, "train_images_per_s": result.images_per_s, "elapsed_s": elapsed, "epochs": result.epochs,
-           **efficiency}
+    out = {**scores, "inference_images_per_s": members[0]["inference_images_per_s"], "train_images_per_s": images_per_s,
+           "elapsed_s": elapsed, "epochs": members[0]["epochs"], "members": args.members,
+           "member_epochs": [m["epochs"] for m in members], **efficiency}
     if args.json is not None:
         report = {**out, "budget_minutes": args.minutes, "preset": args.preset, "pad": args.pad,
-                  "status": result.status, "hardware": describe_hardware(device),
+                  "status": members[0]["status"], "hardware": describe_hardware(device),
                   "train_images": len(train_set), "test_images": len(test_set), "amp": cfg.amp,
                   "model": cfg.model, "model_options": cfg.model_options, "batch_size": cfg.batch_size}
         args.json.write_text(json.dumps(report, indent=2))
     return out
+
+
+def train_member(k: int, members: int, cfg: TrainConfig, train_set: InMemoryImages, test_set: InMemoryImages, deadline: float,
+                 epochs: int | None, threads: int) -> dict:
+    """Train network ``k`` of ``members`` (seed ``cfg.seed + k``, in ``OUT/member-k`` when
+    there are several) until ``deadline`` (``time.time()``), then predict the test images.
+
+    The epochs come from a short throughput measurement made here, so with several members
+    it is taken while the others run (the speed each really gets); the engine then re-plans
+    them from the measured epoch times (``fit_time_limit``). Room is left for the engine's
+    last validation and the six test views (each costed as a pass at 3x the training speed).
+    """
+    import copy
+    from contextlib import nullcontext
+
+    from alexnet.checkpoint import load_model
+    from alexnet.data.transforms import EvalTransform
+
+    torch.set_num_threads(threads)
+    cfg = copy.deepcopy(cfg)
+    cfg.seed += k
+    if members > 1:
+        cfg.out = str(Path(cfg.out) / f"member-{k}")
+    device = torch.device(cfg.device)
+    say = f"[member {k + 1}] " if members > 1 else ""
+    with engine_messages(say) if members > 1 else nullcontext():
+        ips = measure_train_speed(cfg, train_set, device, seconds=min(10.0, (deadline - time.time()) / 40))
+        eval_pass = len(test_set) / (3 * ips)
+        reserve = 7 * eval_pass + 10.0
+        if epochs is None:
+            per_epoch = len(train_set) / ips + eval_pass + 1.0
+            cfg.epochs = max(1, math.floor((deadline - time.time() - reserve) / per_epoch))
+            print(f"{say}measured {ips:,.0f} training images/s: {cfg.epochs} epochs fit in the budget")
+            cfg.fit_time_limit = True  # the engine re-plans the epochs (stretching the schedule) as it goes
+        else:
+            cfg.epochs = epochs
+        # The engine stops cleanly at this limit whatever happens (the schedule then ends early).
+        cfg.time_limit_minutes = max(0.05, (deadline - time.time() - reserve) / 60)
+        cfg.validate()
+        if k == 0:
+            print(f"config: {cfg.model} {cfg.model_options}, batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule}, "
+                  f"label smoothing {cfg.label_smoothing}, amp {cfg.amp}, channels_last {cfg.channels_last}, "
+                  f"crop {cfg.crop}, cutout {cfg.cutout}, epochs {cfg.epochs}")
+        sys.stdout.flush()
+        # the test set doubles as the engine's per-epoch validation
+        result = train(cfg, train_set=train_set, val_set=test_set)
+    model, meta = load_model(Path(cfg.out) / "model.safetensors")
+    model.to(device).to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    pred = predict(model, test_set, EvalTransform(meta.input_size, meta.stats, meta.norm_mode), device,
+                   bf16=cfg.amp == "bf16", channels_last=cfg.channels_last)
+    sys.stdout.flush()
+    return {**pred, "status": result.status, "epochs": result.epochs, "step": result.step,
+            "train_s": result.elapsed_s, "images_per_s": result.images_per_s, "out": cfg.out}
 
 
 def step_efficiency(model: torch.nn.Module, input_size: int, device: torch.device, images_per_s: float,

@@ -226,7 +226,7 @@ def test_cifar10_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], pr
     (test / "ship" / "broken.jpg").write_bytes(b"not a jpeg")  # counted and skipped, not fatal
     out = cifar10.main(
         ["--train", str(train), "--test", str(test), "--device=cpu", "--epochs=1", "--minutes=2", "--preset", preset,
-         "--out", str(tmp_path / "run"), "--set", "batch_size=8", "--set", f"model_options={options}",
+         "--members", "1", "--out", str(tmp_path / "run"), "--set", "batch_size=8", "--set", f"model_options={options}",
          "--json", str(tmp_path / "result.json")]
     )
     text = capsys.readouterr().out
@@ -242,6 +242,50 @@ def test_cifar10_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], pr
     assert stored["preset"] == preset and stored["top1_tta"] == out["top1_tta"]
     # the log handler goes with the run: later commands in this process print their lines once
     assert not any(isinstance(h, _common._Stdout) for h in logging.getLogger("alexnet").handlers)
+
+
+def test_cifar10_members_train_in_their_own_processes_and_vote_together(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    train = _jpeg_folder(tmp_path / "train", per_class=6)
+    out = cifar10.main(
+        ["--train", str(train), "--holdout", "2", "--device=cpu", "--epochs=1", "--minutes=2", "--members", "2",
+         "--threads", "2", "--out", str(tmp_path / "run"), "--set", "batch_size=4", "--set", "model_options={width: 0.125}"]
+    )
+    text = capfd.readouterr().out
+    assert "training 2 networks at once, 1 thread(s) each, seeds 0..1" in text
+    # each member's engine lines carry its name; each reports its own accuracy
+    assert re.search(r"^\[member 1\] epoch 1/1 ", text, re.M) and re.search(r"^\[member 2\] epoch 1/1 ", text, re.M)
+    assert re.search(r"^member 2: training: completed, 1 epochs, .* 6 views$", text, re.M)
+    assert "test top-1 ensemble of 2, single view:" in text
+    assert out["members"] == 2 and out["member_epochs"] == [1, 1]
+    from safetensors.torch import load_file
+
+    first, second = (load_file(tmp_path / "run" / f"member-{k}" / "model.safetensors") for k in (0, 1))
+    assert not torch.equal(first["model.conv2.weight"], second["model.conv2.weight"])  # different seeds, different networks
+
+
+def test_cifar10_ensemble_is_the_mean_of_the_members_softmaxes() -> None:
+    labels = torch.tensor([1, 0])
+
+    def member(logits: list[list[float]]) -> dict[str, torch.Tensor]:
+        t = torch.tensor(logits)
+        return {"centre": t, "mirror": t, "tta": t}
+
+    # image 0: member A mildly prefers class 0 (p = 0.62), member B is sure of class 1 (p = 0.99):
+    # the mean softmax says 1. Image 1: both prefer class 0.
+    a, b = member([[0.5, 0.0], [2.0, 0.0]]), member([[0.0, 5.0], [1.0, 0.0]])
+    assert cifar10.top1_scores([a], labels) == {"top1": 0.5, "top1_flip": 0.5, "top1_tta": 0.5}
+    assert cifar10.top1_scores([a, b], labels) == {"top1": 1.0, "top1_flip": 1.0, "top1_tta": 1.0}
+    # the mirror view counts in the flip figure only
+    c = {**a, "mirror": torch.tensor([[0.0, 3.0], [2.0, 0.0]])}
+    assert cifar10.top1_scores([c], labels)["top1_flip"] == 1.0 and cifar10.top1_scores([c], labels)["top1"] == 0.5
+
+
+def test_cifar10_members_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        cifar10.parse_args(["--train", str(tmp_path), "--holdout", "1", "--members", "0"])
+    assert cifar10.parse_args(["--train", str(tmp_path), "--holdout", "1"]).members == 1
 
 
 class _Recorder(torch.nn.Module):
