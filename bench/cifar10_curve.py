@@ -1,7 +1,7 @@
 """Accuracy against wall time: ``cifar10.py`` at several budgets for each recipe, one plot.
 
     python bench/cifar10_curve.py --train DIR --holdout 500 [--budgets 2 5 10 15]
-        [--presets cifar10 cifar10-small] [--out bench/results/cifar10-curve]
+        [--recipes cifar10 cifar10-w1 cifar10-small] [--out bench/results/cifar10-curve]
 
 Each (recipe, budget) is its own ``cifar10.py`` run in a fresh process, one after another
 (never two at once: they would share the cores and time each other), its log and JSON kept
@@ -20,23 +20,29 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-LABELS = {"cifar10": "cifar10 (alexnet_fast, this wave)", "cifar10-small": "cifar10-small (alexnet_small, first wave)"}
+# name -> (legend label, cifar10.py arguments)
+RECIPES = {
+    "cifar10": ("cifar10 (alexnet_fast width 1.25)", ["--preset", "cifar10"]),
+    "cifar10-w1": ("alexnet_fast width 1 (the cifar10 preset before)",
+                   ["--preset", "cifar10", "--set", "model_options={width: 1.0}"]),
+    "cifar10-small": ("cifar10-small (alexnet_small, first wave)", ["--preset", "cifar10-small"]),
+}
 
 
-def run_one(args: argparse.Namespace, preset: str, minutes: float) -> dict:
+def run_one(args: argparse.Namespace, recipe: str, minutes: float) -> dict:
     """One ``cifar10.py`` run (or its stored result)."""
-    stem = args.out / f"{preset}-{minutes:g}min"
+    stem = args.out / f"{recipe}-{minutes:g}min"
     result = stem.with_suffix(".json")
     if result.exists() and not args.rerun:
         return json.loads(result.read_text())
     cmd = [sys.executable, str(HERE / "cifar10.py"), "--train", str(args.train), "--minutes", f"{minutes:g}",
-           "--preset", preset, "--json", str(result)]
+           *RECIPES[recipe][1], "--json", str(result)]
     cmd += ["--holdout", str(args.holdout)] if args.test is None else ["--test", str(args.test)]
-    print(f"running {preset} for {minutes:g} min: {' '.join(cmd[1:])}", flush=True)
+    print(f"running {recipe} for {minutes:g} min: {' '.join(cmd[1:])}", flush=True)
     with stem.with_suffix(".log").open("w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0 or not result.exists():
-        raise SystemExit(f"error: the {preset} run for {minutes:g} min failed (exit {code}); see {stem}.log")
+        raise SystemExit(f"error: the {recipe} run for {minutes:g} min failed (exit {code}); see {stem}.log")
     return json.loads(result.read_text())
 
 
@@ -47,14 +53,18 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for (preset, runs), marker in zip(results.items(), "os^v", strict=False):
+    # the first recipe's labels above-left of its points, the others' below-right (curves cross)
+    for i, ((recipe, runs), marker) in enumerate(zip(results.items(), "os^v", strict=False)):
         runs = sorted(runs, key=lambda r: r["elapsed_s"])
         xs = [r["elapsed_s"] / 60 for r in runs]
         ys = [100 * r["top1_tta"] for r in runs]
-        ax.plot(xs, ys, marker=marker, label=LABELS.get(preset, preset))
+        ax.plot(xs, ys, marker=marker, label=RECIPES[recipe][0] if recipe in RECIPES else recipe)
         for x, y, r in zip(xs, ys, runs, strict=True):
-            ax.annotate(f"{y:.1f}% ({r['epochs']} ep)", (x, y), textcoords="offset points", xytext=(4, -12), fontsize=8)
-    for target, minutes, offset in ((92, 15, (-118, -3)), (85, 5, (9, -3))):
+            left = i == 0 and x > 3  # (not over the axis labels)
+            ax.annotate(f"{y:.1f}% ({r['epochs']} ep)", (x, y), textcoords="offset points",
+                        xytext=(-6, 5) if left else (4, 5 if i == 0 else -12), ha="right" if left else "left",
+                        fontsize=8)
+    for target, minutes, offset in ((92, 15, (-118, 8)), (85, 5, (9, -3))):
         ax.plot([minutes], [target], marker="*", color="black", markersize=10, linestyle="none")
         ax.annotate(f"target {target}% in {minutes} min", (minutes, target), textcoords="offset points",
                     xytext=offset, fontsize=8)
@@ -72,9 +82,9 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 def table(results: dict[str, list[dict]]) -> str:
     rows = ["| recipe | budget | epochs | train images/s | elapsed | single view | flip | **6 views** |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for preset, runs in results.items():
+    for recipe, runs in results.items():
         for r in sorted(runs, key=lambda r: r["budget_minutes"]):
-            rows.append(f"| `{preset}` | {r['budget_minutes']:g} min | {r['epochs']} | {r['train_images_per_s']:,.0f} | "
+            rows.append(f"| `{recipe}` | {r['budget_minutes']:g} min | {r['epochs']} | {r['train_images_per_s']:,.0f} | "
                         f"{r['elapsed_s'] / 60:.1f} min | {r['top1']:.1%} | {r['top1_flip']:.1%} | "
                         f"**{r['top1_tta']:.1%}** |")
     return "\n".join(rows)
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p.add_argument("--test", type=Path, default=None)
     p.add_argument("--holdout", type=int, default=500)
     p.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 10, 15], help="minutes (default 2 5 10 15)")
-    p.add_argument("--presets", nargs="+", default=["cifar10", "cifar10-small"], choices=tuple(LABELS))
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=tuple(RECIPES))
     p.add_argument("--out", type=Path, default=HERE / "results" / "cifar10-curve")
     p.add_argument("--rerun", action="store_true", help="repeat runs whose results are stored")
     p.add_argument("--plot-only", action="store_true", help="draw from the stored results; run nothing")
@@ -95,14 +105,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         p.error("--budgets must be > 0")
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
-    for preset in args.presets:
+    for recipe in args.recipes:
         for minutes in args.budgets:
-            stored = args.out / f"{preset}-{minutes:g}min.json"
+            stored = args.out / f"{recipe}-{minutes:g}min.json"
             if args.plot_only:
                 if stored.exists():
-                    results.setdefault(preset, []).append(json.loads(stored.read_text()))
+                    results.setdefault(recipe, []).append(json.loads(stored.read_text()))
                 continue
-            results.setdefault(preset, []).append(run_one(args, preset, minutes))
+            results.setdefault(recipe, []).append(run_one(args, recipe, minutes))
     if not results:
         raise SystemExit(f"error: no results in {args.out}")
     plot(results, args.out / "cifar10_curve.png")

@@ -166,7 +166,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # bench/cifar10.py trains on reflect-padded 36 px images with crop 32 (2 px translations).
     "cifar10": {
         "model": "alexnet_fast",
-        "model_options": {},
+        # width 1.25 (80/320/320): at width 1 more epochs stop paying (10 -> 21 epochs: +0.2
+        # points), 1.25x the width in 15 epochs gives 91.0% where width 1 gives 90.6% in 21.
+        "model_options": {"width": 1.25},
         "epochs": 20,
         "batch_size": 1024,
         "lr": 1.5,
