@@ -59,6 +59,7 @@ from _common import (
 
 from alexnet.data.decode import DecodeError, image_paths, read_image
 from alexnet.data.stats import DatasetStats, compute_stats
+from alexnet.metrics import topk_hits
 from alexnet.training.config import TrainConfig, from_dict, preset
 from alexnet.training.trainer import train
 
@@ -221,7 +222,7 @@ def top1_scores(predictions: Sequence[dict[str, Tensor | float]], labels: Tensor
     centre = torch.stack([p["centre"].softmax(1) for p in predictions]).mean(0)
     flip = torch.stack([(p["centre"].softmax(1) + p["mirror"].softmax(1)) / 2 for p in predictions]).mean(0)
     tta = torch.stack([p["tta"].softmax(1) for p in predictions]).mean(0)
-    return {name: (probs.argmax(1) == labels).float().mean().item()
+    return {name: topk_hits(probs, labels, (1,)).item() / len(labels)
             for name, probs in (("top1", centre), ("top1_flip", flip), ("top1_tta", tta))}
 
 

@@ -58,7 +58,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
         runs = sorted(runs, key=lambda r: r["elapsed_s"])
         xs = [r["elapsed_s"] / 60 for r in runs]
         ys = [100 * r["top1_tta"] for r in runs]
-        ax.plot(xs, ys, marker=marker, label=RECIPES[recipe][0] if recipe in RECIPES else recipe)
+        ax.plot(xs, ys, marker=marker, label=RECIPES[recipe][0])
         for x, y, r in zip(xs, ys, runs, strict=True):
             left = i == 0 and x > 3  # (not over the axis labels)
             ax.annotate(f"{y:.1f}% ({r['epochs']} ep)", (x, y), textcoords="offset points",

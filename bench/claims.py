@@ -63,6 +63,7 @@ from _common import cpu_model
 from alexnet.data.stats import DatasetStats, compute_stats
 from alexnet.data.transforms import EvalTransform, TrainAugment
 from alexnet.layers import LocalResponseNorm
+from alexnet.metrics import topk_hits
 from alexnet.training.optim import PaperSGD
 from alexnet.training.trainer import parameter_groups
 
@@ -432,7 +433,7 @@ def compare_variants(res: dict[str, Any]) -> None:
 
 def error_rate(probs: Tensor, labels: Tensor) -> float:
     """Fraction of images whose most probable class is not their label."""
-    return float((probs.argmax(1) != labels).float().mean())
+    return 1.0 - topk_hits(probs, labels, (1,)).item() / len(labels)
 
 
 def ensemble_errors(members: Sequence[RunResult], labels: Tensor) -> dict[str, float]:
