@@ -43,7 +43,7 @@ def test_the_demos_replan_keeps_one_cycle_smooth():
     assert lrs[-1] == pytest.approx(end, abs=1e-4 * cfg.lr)  # where the last step stands
 
 
-@pytest.mark.parametrize("kind", ["onecycle", "cosine"])
+@pytest.mark.parametrize("kind", ["onecycle", "cosine", "linear"])
 def test_replans_in_either_phase_keep_the_lr_continuous(kind):
     cfg = preset("demo")
     cfg.schedule, cfg.epochs, cfg.warmup_epochs, cfg.min_lr = kind, 10, 1.0, 1e-4
@@ -112,3 +112,12 @@ def test_a_replanned_run_follows_one_schedule_and_resumes_exactly(tmp_path, monk
     lrs_b = [json.loads(x)["lr"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["kind"] == "step"]
     assert lrs_b == lrs
+
+
+def test_linear_schedule_is_a_straight_line_after_the_warm_up():
+    cfg = preset("demo")
+    cfg.schedule, cfg.epochs, cfg.warmup_epochs, cfg.min_lr = "linear", 10, 1.0, 0.0
+    s = LRSchedule(cfg, steps_per_epoch=20)
+    decay = [s.lr(i) for i in range(20, 201)]
+    assert decay[0] == pytest.approx(cfg.lr) and decay[-1] == pytest.approx(0.0, abs=1e-15)
+    assert np.allclose(np.diff(decay), -cfg.lr / 180)  # even steps down, not a cosine's

@@ -9,6 +9,8 @@ middle of an epoch gives exactly the learning rate the uninterrupted run had.
   improved by ``threshold`` for ``patience`` epochs, at most ``max_reductions`` (3) times.
 * ``step``: multiply by ``gamma`` every ``step_size`` epochs.
 * ``cosine``: linear warm-up, then half a cosine from ``lr`` down to ``min_lr``.
+* ``linear``: linear warm-up, then a straight line from ``lr`` down to ``min_lr`` (airbench's
+  Muon runs: no warm-up, decay to zero).
 * ``onecycle``: rise from ``lr/div`` to ``lr`` over ``pct`` of the run (cosine), then anneal
   to ``lr/final_div`` (Smith & Topin 2018).
 * ``constant``.
@@ -70,10 +72,10 @@ class LRSchedule:
             lr = base * c.plateau_factor**self.reductions
         elif self.kind == "step":
             lr = base * c.step_gamma ** int(epoch // c.step_size)
-        elif self.kind == "cosine":
+        elif self.kind in ("cosine", "linear"):
             span = max(1, total - self.warmup_steps)
             t = min(1.0, max(0, pos - self.warmup_steps) / span)
-            lr = _cos_interp(base, c.min_lr, t)
+            lr = _cos_interp(base, c.min_lr, t) if self.kind == "cosine" else base + (c.min_lr - base) * t
         else:  # constant
             lr = base
         return lr * warm

@@ -124,22 +124,27 @@ class TrainResult:
 
 
 def parameter_groups(
-    model: nn.Module, weight_decay: float, decay_bias: bool, bias_lr_scale: float = 1.0
+    model: nn.Module, weight_decay: float, decay_bias: bool, bias_lr_scale: float = 1.0,
+    orthogonal: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Weight decay on the weights of convolutions and linear layers (the paper's ``w``); biases
     and normalisation parameters (1-d tensors) without, unless ``decay_bias``. The 1-d
     parameters' learning rate is ``lr x bias_lr_scale`` (each group's ``lr_scale``, which
-    :meth:`Trainer._set_lr` applies): airbench found that BN shifts can take a 64x larger rate."""
-    weights, biases = [], []
+    :meth:`Trainer._set_lr` applies): airbench found that BN shifts can take a 64x larger rate.
+    ``orthogonal`` (Muon's group settings: ``lr_scale``, ``momentum``, ``normalize``) puts the
+    convolution filters (4-d weights) in a group of their own, marked ``orthogonal``."""
+    filters, weights, biases = [], [], []
     for p in model.parameters():
         if p.requires_grad:
-            (weights if p.ndim > 1 else biases).append(p)
-    if decay_bias and bias_lr_scale == 1.0:  # one group, as the paper's formula reads
+            (biases if p.ndim <= 1 else filters if p.ndim == 4 and orthogonal is not None else weights).append(p)
+    if decay_bias and bias_lr_scale == 1.0 and not filters:  # one group, as the paper's formula reads
         return [{"params": weights + biases, "weight_decay": weight_decay, "lr_scale": 1.0}]
     groups = [{"params": weights, "weight_decay": weight_decay, "lr_scale": 1.0}]
     if biases:
         groups.append({"params": biases, "weight_decay": weight_decay if decay_bias else 0.0,
                        "lr_scale": bias_lr_scale})
+    if filters:
+        groups.append({"params": filters, "weight_decay": weight_decay, "orthogonal": True, **(orthogonal or {})})
     return groups
 
 
@@ -196,8 +201,10 @@ class Trainer:
         self.aug_gen.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
 
         self.optimizer = build_optimizer(
-            cfg.optimizer,  # "paper": the paper's rule exactly (optim.PaperSGD); "torch": torch's SGD
-            parameter_groups(self.model, cfg.weight_decay, cfg.decay_bias, cfg.bias_lr_scale),
+            cfg.optimizer,  # "paper": the paper's rule exactly (optim.PaperSGD); "torch": torch's SGD; "muon"
+            parameter_groups(self.model, cfg.weight_decay, cfg.decay_bias, cfg.bias_lr_scale, orthogonal=(
+                {"lr_scale": cfg.muon_lr / cfg.lr, "momentum": cfg.muon_momentum, "normalize": cfg.muon_normalize}
+                if cfg.optimizer == "muon" else None)),
             lr=cfg.lr,
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,
@@ -444,7 +451,8 @@ class Trainer:
         except (ValueError, KeyError) as exc:
             raise TrainingError(
                 f"cannot resume from {self.last_path}: its optimiser state does not fit this run's parameter groups "
-                f"({exc}); was decay_bias or bias_lr_scale changed?"
+                f"({exc}); was decay_bias or bias_lr_scale changed, or the optimizer to or from 'muon' (which "
+                f"groups the convolution filters apart)?"
             ) from None
         if source is not None and self.is_main:
             logger.info(f"note: the checkpoint's velocities were converted from the {source!r} optimiser's "
