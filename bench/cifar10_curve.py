@@ -1,7 +1,7 @@
 """Accuracy against wall time: ``cifar10.py`` at several budgets for each recipe, one plot.
 
     python bench/cifar10_curve.py --train DIR --holdout 500 [--budgets 2 5 10 15]
-        [--recipes cifar10 cifar10-w1 cifar10-small] [--out bench/results/cifar10-curve]
+        [--recipes cifar10 cifar10-sgd cifar10-w1 cifar10-small] [--out bench/results/cifar10-curve]
 
 Each (recipe, budget) is its own ``cifar10.py`` run in a fresh process, one after another
 (never two at once: they would share the cores and time each other), its log and JSON kept
@@ -21,10 +21,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # name -> (legend label, cifar10.py arguments)
+# The cifar10 preset before Muon (issue 17's third session): SGD with one-cycle.
+_SGD = ["--set", "optimizer=torch", "--set", "schedule=onecycle", "--set", "onecycle_pct=0.23",
+        "--set", "onecycle_div=5"]
 RECIPES = {
-    "cifar10": ("cifar10 (alexnet_fast width 1.25)", ["--preset", "cifar10"]),
-    "cifar10-w1": ("alexnet_fast width 1 (the cifar10 preset before)",
-                   ["--preset", "cifar10", "--set", "model_options={width: 1.0}"]),
+    "cifar10": ("cifar10 (alexnet_fast, Muon)", ["--preset", "cifar10"]),
+    "cifar10-sgd": ("alexnet_fast width 1.25, SGD one-cycle (the preset before)",
+                    ["--preset", "cifar10", *_SGD, "--set", "model_options={width: 1.25}"]),
+    "cifar10-w1": ("alexnet_fast width 1, SGD one-cycle (the first fast preset)",
+                   ["--preset", "cifar10", *_SGD, "--set", "model_options={width: 1.0}"]),
     "cifar10-small": ("cifar10-small (alexnet_small, first wave)", ["--preset", "cifar10-small"]),
 }
 
@@ -53,17 +58,18 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    # the first recipe's labels above-left of its points, the others' below-right (curves cross)
+    # only the first recipe's points are labelled (the others' figures are in the table:
+    # their curves run close together and labels would overlap)
     for i, ((recipe, runs), marker) in enumerate(zip(results.items(), "os^v", strict=False)):
         runs = sorted(runs, key=lambda r: r["elapsed_s"])
         xs = [r["elapsed_s"] / 60 for r in runs]
         ys = [100 * r["top1_tta"] for r in runs]
-        ax.plot(xs, ys, marker=marker, label=RECIPES[recipe][0])
-        for x, y, r in zip(xs, ys, runs, strict=True):
-            left = i == 0 and x > 3  # (not over the axis labels)
+        ax.plot(xs, ys, marker=marker, label=RECIPES[recipe][0], linewidth=2.2 if i == 0 else 1.2,
+                alpha=1.0 if i == 0 else 0.75)
+        for x, y, r in zip(xs, ys, runs, strict=True) if i == 0 else ():
+            left = x > 3  # (not over the axis labels)
             ax.annotate(f"{y:.1f}% ({r['epochs']} ep)", (x, y), textcoords="offset points",
-                        xytext=(-6, 5) if left else (4, 5 if i == 0 else -12), ha="right" if left else "left",
-                        fontsize=8)
+                        xytext=(-6, 6) if left else (6, -4), ha="right" if left else "left", fontsize=8)
     for target, minutes, offset in ((92, 15, (-118, 8)), (85, 5, (9, -3))):
         ax.plot([minutes], [target], marker="*", color="black", markersize=10, linestyle="none")
         ax.annotate(f"target {target}% in {minutes} min", (minutes, target), textcoords="offset points",

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import _common  # noqa: E402
 import cifar10  # noqa: E402
+import cifar10_curve  # noqa: E402
 import end_to_end  # noqa: E402
 import train_throughput  # noqa: E402
 
@@ -227,9 +228,14 @@ def test_cifar10_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], pr
     out = cifar10.main(
         ["--train", str(train), "--test", str(test), "--device=cpu", "--epochs=1", "--minutes=2", "--preset", preset,
          "--members", "1", "--out", str(tmp_path / "run"), "--set", "batch_size=8", "--set", f"model_options={options}",
-         "--json", str(tmp_path / "result.json")]
+         "--json", str(tmp_path / "result.json"), "--val-images", "3"]
     )
     text = capsys.readouterr().out
+    # the epoch lines validate on 3 of the 6 test images (a third each), the final figures on all 6
+    assert "per-epoch validation: 3 of the test images, evenly spaced" in text
+    val = float(re.search(r"^epoch 1/1 .* val top-1 ([\d.]+)%", text, re.M).group(1))
+    assert min(abs(val - k * 100 / 3) for k in range(4)) < 0.1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["run"]["val_images"] == 3
     pad = cifar10.PRESET_PAD[preset]
     assert f"18 training / 6 test images in memory (1 unreadable skipped), 3 classes, padded to {32 + 2 * pad} px" in text
     assert re.search(r"^test top-1: \d+\.\d%$", text.strip().splitlines()[-1])
@@ -286,6 +292,8 @@ def test_cifar10_members_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         cifar10.parse_args(["--train", str(tmp_path), "--holdout", "1", "--members", "0"])
     assert cifar10.parse_args(["--train", str(tmp_path), "--holdout", "1"]).members == 1
+    with pytest.raises(SystemExit):
+        cifar10.parse_args(["--train", str(tmp_path), "--holdout", "1", "--val-images", "-1"])
 
 
 class _Recorder(torch.nn.Module):
@@ -362,3 +370,35 @@ def test_cifar10_holdout_split_and_padding(tmp_path: Path) -> None:
     assert torch.equal(xb, padded[[14, 0]]) and yb.tolist() == [2, 0]
     with pytest.raises(SystemExit):
         cifar10.parse_args(["--train", str(train)])  # neither --test nor --holdout
+
+
+def test_cifar10_curve_recipes_are_the_presets_they_name() -> None:
+    """The curve's comparison recipes rebuild the presets they stand for from today's preset
+    and `--set` overrides: the SGD one-cycle recipe of the previous preset, at width 1.25 and 1."""
+    from alexnet.training.config import from_dict, parse_override, preset
+
+    def config(recipe: str):
+        args = cifar10_curve.RECIPES[recipe][1]
+        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        name = args[args.index("--preset") + 1]
+        return from_dict(dict(parse_override(s) for s in sets), preset(name))
+
+    assert config("cifar10").optimizer == "muon"
+    for recipe, width in (("cifar10-sgd", 1.25), ("cifar10-w1", 1.0)):
+        cfg = config(recipe)
+        assert (cfg.optimizer, cfg.schedule, cfg.onecycle_pct, cfg.onecycle_div) == ("torch", "onecycle", 0.23, 5.0)
+        assert cfg.model == "alexnet_fast" and cfg.model_options == {"width": width}
+
+
+def test_cifar10_curve_plots_and_tabulates_stored_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for recipe, minutes, acc in (("cifar10", 5, 0.88), ("cifar10", 15, 0.91), ("cifar10-small", 5, 0.84)):
+        run = {"top1": acc - 0.01, "top1_flip": acc, "top1_tta": acc, "train_images_per_s": 1000.0,
+               "elapsed_s": 60 * minutes - 30, "epochs": minutes, "budget_minutes": minutes}
+        (tmp_path / f"{recipe}-{minutes}min.json").write_text(json.dumps(run))
+    results = cifar10_curve.main(["--train", str(tmp_path), "--out", str(tmp_path), "--plot-only"])
+    text = capsys.readouterr().out
+    assert [len(results[r]) for r in ("cifar10", "cifar10-small")] == [2, 1] and "cifar10-w1" not in results
+    assert "| `cifar10` | 15 min | 15 | 1,000 | 14.5 min | 90.0% | 91.0% | **91.0%** |" in text
+    assert (tmp_path / "cifar10_curve.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit):
+        cifar10_curve.main(["--train", str(tmp_path), "--out", str(tmp_path / "empty"), "--plot-only"])
