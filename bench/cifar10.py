@@ -61,7 +61,7 @@ from alexnet.data.decode import DecodeError, image_paths, read_image
 from alexnet.data.stats import DatasetStats, compute_stats
 from alexnet.metrics import topk_hits
 from alexnet.training.config import TrainConfig, from_dict, preset
-from alexnet.training.trainer import train
+from alexnet.training.trainer import optimizer_for, train
 
 CIFAR_SIZE = 32
 # The recipes this benchmark runs, and the translation room each was tuned with (px per side).
@@ -244,7 +244,7 @@ def measure_train_speed(cfg, train_set: InMemoryImages, device: torch.device, se
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     aug = TrainAugment(cfg.crop, train_set.stats, cfg.norm_mode).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    opt = optimizer_for(model, cfg)  # the run's own update (Muon's orthogonalisation included)
     bs = cfg.batch_size
     x, y = train_set.get_batch(list(range(bs)))
     x, y = x.to(device), y.to(device)

@@ -402,3 +402,20 @@ def test_cifar10_curve_plots_and_tabulates_stored_runs(tmp_path: Path, capsys: p
     assert (tmp_path / "cifar10_curve.png").stat().st_size > 10_000
     with pytest.raises(SystemExit):
         cifar10_curve.main(["--train", str(tmp_path), "--out", str(tmp_path / "empty"), "--plot-only"])
+
+
+def test_cifar10_throughput_probe_times_the_runs_own_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe that plans the epochs steps with the optimiser the run will use (Muon for the
+    cifar10 preset: its orthogonalisation is part of the step's time), not a stand-in SGD."""
+    from alexnet.training import optim
+    from alexnet.training.config import from_dict, preset
+
+    calls: list[tuple[int, ...]] = []
+    real = optim.orthogonalize
+    monkeypatch.setattr(optim, "orthogonalize", lambda g, steps=3: calls.append(tuple(g.shape)) or real(g, steps))
+    images = torch.randint(0, 256, (8, 3, 36, 36), dtype=torch.uint8)
+    data = cifar10.InMemoryImages(images, torch.arange(8) % 2, ["a", "b"])
+    cfg = from_dict({"model_options": {"width": 0.125}, "batch_size": 4, "crop": 32, "amp": "none",
+                     "channels_last": False}, preset("cifar10"))
+    assert cifar10.measure_train_speed(cfg, data, torch.device("cpu"), seconds=0.0) > 0
+    assert len(calls) >= 5 * 6 and (8, 24 * 9) in calls  # 6 filter banks per step, >= 5 steps; conv2 is 8 x 24*3*3

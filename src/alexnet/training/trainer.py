@@ -84,6 +84,7 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "format_summary",
+    "optimizer_for",
     "parameter_groups",
     "seed_everything",
     "train",
@@ -148,6 +149,17 @@ def parameter_groups(
     return groups
 
 
+def optimizer_for(model: nn.Module, cfg: TrainConfig, *, fused: bool | None = None) -> torch.optim.Optimizer:
+    """The optimiser a run of ``cfg`` trains ``model`` with: ``cfg.optimizer`` ("paper": the
+    paper's rule exactly, optim.PaperSGD; "torch": torch's SGD; "muon": optim.Muon, its filter
+    group at ``muon_lr``) over :func:`parameter_groups`. Benchmarks that time a step build it
+    here too, so they time the update the run will make."""
+    orthogonal = ({"lr_scale": cfg.muon_lr / cfg.lr, "momentum": cfg.muon_momentum, "normalize": cfg.muon_normalize}
+                  if cfg.optimizer == "muon" else None)
+    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_bias, cfg.bias_lr_scale, orthogonal=orthogonal)
+    return build_optimizer(cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
+
+
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -200,17 +212,8 @@ class Trainer:
         self.aug_gen = torch.Generator(device=self.device)
         self.aug_gen.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
 
-        self.optimizer = build_optimizer(
-            cfg.optimizer,  # "paper": the paper's rule exactly (optim.PaperSGD); "torch": torch's SGD; "muon"
-            parameter_groups(self.model, cfg.weight_decay, cfg.decay_bias, cfg.bias_lr_scale, orthogonal=(
-                {"lr_scale": cfg.muon_lr / cfg.lr, "momentum": cfg.muon_momentum, "normalize": cfg.muon_normalize}
-                if cfg.optimizer == "muon" else None)),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            # torch's SGD: one fused kernel for all parameters on a GPU (the same update, less launch overhead)
-            fused=self.device.type == "cuda" or None,
-        )
+        # torch's SGD: one fused kernel for all parameters on a GPU (the same update, less launch overhead)
+        self.optimizer = optimizer_for(self.model, cfg, fused=self.device.type == "cuda" or None)
         self.train_batches = self._loader(train=True)
         self.val_batches = self._loader(train=False) if self.val_set is not None and len(self.val_set) else None
         self.steps_per_epoch = self.train_batches.per_epoch
