@@ -59,6 +59,7 @@ from _common import (
 
 from alexnet.data.decode import DecodeError, image_paths, read_image
 from alexnet.data.stats import DatasetStats, compute_stats
+from alexnet.errors import AlexNetError
 from alexnet.metrics import topk_hits
 from alexnet.training.config import TrainConfig, from_dict, preset
 from alexnet.training.trainer import optimizer_for, train
@@ -245,7 +246,7 @@ def measure_train_speed(cfg, train_set: InMemoryImages, device: torch.device, se
     model = model.to(memory_format=fmt)
     aug = TrainAugment(cfg.crop, train_set.stats, cfg.norm_mode).to(device)
     opt = optimizer_for(model, cfg)  # the run's own update (Muon's orthogonalisation included)
-    bs = cfg.batch_size
+    bs = min(cfg.batch_size, len(train_set))  # a folder smaller than one batch trains in smaller ones
     x, y = train_set.get_batch(list(range(bs)))
     x, y = x.to(device), y.to(device)
 
@@ -308,8 +309,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    with engine_messages():  # the engine's epoch lines and re-plans go into this run's log
-        return run(args)
+    try:
+        with engine_messages():  # the engine's epoch lines and re-plans go into this run's log
+            return run(args)
+    except AlexNetError as exc:  # a bad --set value, a batch larger than the data: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:

@@ -296,6 +296,16 @@ def test_cifar10_members_must_be_positive(tmp_path: Path) -> None:
         cifar10.parse_args(["--train", str(tmp_path), "--holdout", "1", "--val-images", "-1"])
 
 
+def test_cifar10_engine_errors_are_one_line(tmp_path: Path) -> None:
+    """A folder smaller than one batch, or a bad --set value: ``error: ...``, not a traceback."""
+    train = _jpeg_folder(tmp_path / "train", per_class=5)
+    common = ["--train", str(train), "--holdout", "1", "--epochs", "1", "--set", "model_options={width: 0.125}"]
+    with pytest.raises(SystemExit, match=r"^error: config key 'batch_size': 1024 .* larger than the 12 training images"):
+        cifar10.main(common)
+    with pytest.raises(SystemExit, match=r"^error: .*label_smoothing"):
+        cifar10.main([*common, "--set", "label_smoothing=7"])
+
+
 class _Recorder(torch.nn.Module):
     """A 'model' that records the views it is shown and votes for the class written into
     each view's top-left pixel (channel 0)."""
