@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import _common  # noqa: E402
+import airbench_reference  # noqa: E402
 import cifar10  # noqa: E402
 import cifar10_curve  # noqa: E402
 import end_to_end  # noqa: E402
@@ -380,6 +381,77 @@ def test_cifar10_holdout_split_and_padding(tmp_path: Path) -> None:
     assert torch.equal(xb, padded[[14, 0]]) and yb.tolist() == [2, 0]
     with pytest.raises(SystemExit):
         cifar10.parse_args(["--train", str(train)])  # neither --test nor --holdout
+
+
+# --------------------------------------------------------------------------- airbench_reference.py
+
+
+def test_airbench_reference_is_the_same_network_as_alexnet_fast() -> None:
+    """Both implement airbench's net: the reference's parameter count (2x2 whitening, three
+    two-conv blocks of 64/256/256, bias-free head) must equal the project's at width 1."""
+    from alexnet.models import create_model
+
+    ref = airbench_reference.ReferenceNet()
+    ours = create_model("alexnet_fast", num_classes=10)
+    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
+
+
+def test_airbench_reference_whitening_decorrelates_patches() -> None:
+    gen = torch.Generator().manual_seed(0)
+    # correlated colour channels and neighbouring pixels: far from white
+    base = torch.randn(400, 1, 9, 9, generator=gen).repeat(1, 3, 1, 1) + 0.3 * torch.randn(400, 3, 9, 9, generator=gen)
+    images = F.avg_pool2d(base, 2, stride=1)
+    net = airbench_reference.ReferenceNet()
+    net.init_whitening(images, eps=0.0)
+    out = F.conv2d(images, net.whiten.weight[:12]).permute(0, 2, 3, 1).reshape(-1, 12).double()
+    cov = out.T @ out / len(out)
+    assert torch.allclose(cov, torch.eye(12, dtype=torch.double), atol=1e-3)
+    assert torch.equal(net.whiten.weight[12:], -net.whiten.weight[:12])
+
+
+def test_airbench_reference_newton_schulz_keeps_directions_and_evens_the_spectrum() -> None:
+    gen = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(64, 64, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(576, 64, generator=gen))
+    spectrum = torch.logspace(0, -3, 64)  # condition number 1000
+    g = u @ torch.diag(spectrum) @ v.T
+    x = airbench_reference.newton_schulz(g)
+    in_basis = u.T @ x @ v  # diagonal if x has g's singular vectors
+    off = in_basis - torch.diag(torch.diagonal(in_basis))
+    assert off.abs().max() < 0.05
+    s = torch.diagonal(in_basis)
+    # three steps bring every direction down to 1/30 of the largest into [0.5, 1.25] (a 30x spread
+    # made < 2.5x) and only raise the rest (each grows by up to 3.4445x per step)
+    assert s[:32].min() > 0.5 and s.max() < 1.25
+    assert bool((s[32:] > spectrum[32:] / spectrum.norm()).all())
+
+
+def test_airbench_reference_translations_are_windows_of_the_padded_images() -> None:
+    images = torch.arange(4 * 3 * 6 * 6, dtype=torch.float32).view(4, 3, 6, 6)
+    padded = F.pad(images, (2,) * 4, mode="reflect")
+    out = airbench_reference.translated(padded, 2, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    for k in range(4):
+        windows = [padded[k, :, y : y + 6, x : x + 6] for y in range(5) for x in range(5)]
+        assert any(torch.equal(out[k], w) for w in windows)
+
+
+def test_airbench_reference_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = _jpeg_folder(tmp_path / "train", per_class=24)
+    out = airbench_reference.main(["--train", str(train), "--holdout", "4", "--epochs", "2", "--threads", "2",
+                                   "--json", str(tmp_path / "r.json"), "--set", "batch_size=16",
+                                   "--set", "model_options={width: 0.125}"])
+    text = capsys.readouterr().out
+    assert "data: 60 training / 12 test images (0 unreadable skipped)" in text
+    assert re.search(r"^reference epoch 2/2  step 2 ", text, re.M)  # batch = the 60 images: one step an epoch
+    assert re.search(r"^reference \(airbench94_muon's recipe, 2 epochs\): test top-1 single view [\d.]+%", text, re.M)
+    assert re.search(r"^project \(cifar10 preset, 2 epochs\): test top-1", text, re.M)
+    assert "'width': 0.125}" in text and "batch 16," in text  # --set reached the project's run
+    diff = float(re.search(r"^project - reference: ([+-][\d.]+) points", text, re.M).group(1))
+    assert diff == pytest.approx(100 * (out["project_top1_tta"] - out["reference_top1_tta"]), abs=0.051)
+    assert json.loads((tmp_path / "r.json").read_text())["train_images"] == 60
+    with pytest.raises(SystemExit):
+        airbench_reference.parse_args(["--train", str(train), "--holdout", "4", "--epochs", "0"])
 
 
 def test_cifar10_curve_recipes_are_the_presets_they_name() -> None:
