@@ -241,8 +241,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.test is None and args.holdout <= 0:
         p.error("give --test DIR, or --holdout K to test on the last K images per class of --train")
-    if args.epochs < 1 or (args.max_train is not None and args.max_train < 1):
-        p.error("--epochs and --max-train must be >= 1")
+    if args.epochs < 1 or any(v is not None and v < 1 for v in (args.max_train, args.threads)):
+        p.error("--epochs, --max-train and --threads must be >= 1")
     return args
 
 

@@ -300,6 +300,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--minutes must be > 0, --pad >= 0, --epochs >= 1")
     if not 1 <= args.members <= 64:
         p.error("--members must be in [1, 64]")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
     if args.val_images < 0:
         p.error("--val-images must be >= 0 (0: the whole test set)")
     if args.pad is None:

@@ -295,6 +295,8 @@ def test_cifar10_members_must_be_positive(tmp_path: Path) -> None:
     assert cifar10.parse_args(["--train", str(tmp_path), "--holdout", "1"]).members == 1
     with pytest.raises(SystemExit):
         cifar10.parse_args(["--train", str(tmp_path), "--holdout", "1", "--val-images", "-1"])
+    with pytest.raises(SystemExit):
+        cifar10.parse_args(["--train", str(tmp_path), "--holdout", "1", "--threads", "0"])
 
 
 def test_cifar10_engine_errors_are_one_line(tmp_path: Path) -> None:
@@ -450,8 +452,9 @@ def test_airbench_reference_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     diff = float(re.search(r"^project - reference: ([+-][\d.]+) points", text, re.M).group(1))
     assert diff == pytest.approx(100 * (out["project_top1_tta"] - out["reference_top1_tta"]), abs=0.051)
     assert json.loads((tmp_path / "r.json").read_text())["train_images"] == 60
-    with pytest.raises(SystemExit):
-        airbench_reference.parse_args(["--train", str(train), "--holdout", "4", "--epochs", "0"])
+    for bad in (["--epochs", "0"], ["--threads", "-1"], ["--max-train", "0"]):
+        with pytest.raises(SystemExit):
+            airbench_reference.parse_args(["--train", str(train), "--holdout", "4", *bad])
 
 
 def test_cifar10_curve_recipes_are_the_presets_they_name() -> None:
