@@ -47,7 +47,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10
 from _common import bf16_supported, describe_hardware
-from cifar10 import decode_all, load_folder
+from cifar10 import decode_all
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the recipe's constants (CIFAR-10's training set)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -227,22 +227,18 @@ def reference_top1(model: ReferenceNet, x: Tensor, y: Tensor, *, bf16: bool) -> 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", required=True, type=Path, help="training folder DIR/<class>/*.jpg")
-    p.add_argument("--test", type=Path, default=None, help="test folder (same layout)")
-    p.add_argument("--holdout", type=int, default=0, help="use the last K images per class of --train as the test set")
+    cifar10.add_data_arguments(p)
     p.add_argument("--epochs", type=int, default=8, help="epochs for both recipes (default 8: airbench94_muon's)")
     p.add_argument("--reference-only", action="store_true", help="train only the reference recipe")
-    p.add_argument("--max-train", type=int, default=None, help="use at most this many training images (smoke tests)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the project's cifar10 preset (repeatable), as bench/cifar10.py's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    if args.test is None and args.holdout <= 0:
-        p.error("give --test DIR, or --holdout K to test on the last K images per class of --train")
-    if args.epochs < 1 or any(v is not None and v < 1 for v in (args.max_train, args.threads)):
-        p.error("--epochs, --max-train and --threads must be >= 1")
+    cifar10.check_data_arguments(p, args)
+    if args.epochs < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--epochs and --threads must be >= 1")
     return args
 
 
@@ -253,15 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     device = torch.device("cpu")
     print(describe_hardware(device))
     bf16 = bf16_supported(device)
-    groups, classes = load_folder(args.train)
-    if args.holdout > 0:
-        train_groups = [(files[: max(0, len(files) - args.holdout)], c) for files, c in groups]
-        test_groups = [(files[max(0, len(files) - args.holdout) :], c) for files, c in groups]
-    else:
-        train_groups, (test_groups, _) = groups, load_folder(args.test, classes)
-    if args.max_train:
-        per_class = max(1, args.max_train // len(groups))
-        train_groups = [(files[:per_class], c) for files, c in train_groups]
+    train_groups, test_groups, _ = cifar10.data_groups(args)
     xtr, ytr, _, bad_tr = decode_all(train_groups)
     xte, yte, _, bad_te = decode_all(test_groups)
     print(f"data: {len(xtr)} training / {len(xte)} test images ({bad_tr + bad_te} unreadable skipped); "

@@ -269,11 +269,41 @@ def measure_train_speed(cfg, train_set: InMemoryImages, device: torch.device, se
     return n * bs / (time.perf_counter() - start)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """``--train``, ``--test``, ``--holdout`` and ``--max-train``: the split, as every CIFAR-10 benchmark takes it."""
     p.add_argument("--train", required=True, type=Path, help="training folder DIR/<class>/*.jpg")
     p.add_argument("--test", type=Path, default=None, help="test folder (same layout)")
     p.add_argument("--holdout", type=int, default=0, help="use the last K images per class of --train as the test set")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training images (smoke tests)")
+
+
+def check_data_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.test is None and args.holdout <= 0:
+        p.error("give --test DIR, or --holdout K to test on the last K images per class of --train")
+    if args.holdout < 0 or (args.max_train is not None and args.max_train < 1):
+        p.error("--holdout must be >= 0 and --max-train >= 1")
+
+
+def data_groups(args: argparse.Namespace) -> tuple[list, list, list[str]]:
+    """``(train groups, test groups, classes)`` (see :func:`load_folder`) of the data arguments:
+    ``--holdout K`` tests on the last K files of each class, ``--max-train`` keeps the first
+    files of each class (an equal share per class)."""
+    groups, classes = load_folder(args.train)
+    if args.holdout > 0:
+        train_groups = [(files[: max(0, len(files) - args.holdout)], c) for files, c in groups]
+        test_groups = [(files[max(0, len(files) - args.holdout) :], c) for files, c in groups]
+    else:
+        train_groups = groups
+        test_groups, _ = load_folder(args.test, classes)
+    if args.max_train:
+        per_class = max(1, args.max_train // len(groups))
+        train_groups = [(files[:per_class], c) for files, c in train_groups]
+    return train_groups, test_groups, classes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arguments(p)
     p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole run (default 15)")
     p.add_argument("--device", default="auto")
     p.add_argument("--preset", choices=tuple(PRESET_PAD), default="cifar10",
@@ -287,15 +317,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the engine's per-epoch validation (the epoch lines) on this many test images, evenly "
                         "spaced (default 2000; 0: all); the final figures always use the whole test set")
     p.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of fitting them to the budget")
-    p.add_argument("--max-train", type=int, default=None, help="use at most this many training images (smoke tests)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the cifar10 preset (repeatable), e.g. --set lr=0.1")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    if args.test is None and args.holdout <= 0:
-        p.error("give --test DIR, or --holdout K to test on the last K images per class of --train")
+    check_data_arguments(p, args)
     if args.minutes <= 0 or (args.pad is not None and args.pad < 0) or (args.epochs is not None and args.epochs < 1):
         p.error("--minutes must be > 0, --pad >= 0, --epochs >= 1")
     if not 1 <= args.members <= 64:
@@ -327,16 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     print(describe_hardware(device))
 
     # ---- data: decode once into memory
-    groups, classes = load_folder(args.train)
-    if args.holdout > 0:
-        train_groups = [(files[: max(0, len(files) - args.holdout)], c) for files, c in groups]
-        test_groups = [(files[max(0, len(files) - args.holdout) :], c) for files, c in groups]
-    else:
-        train_groups = groups
-        test_groups, _ = load_folder(args.test, classes)
-    if args.max_train:
-        per_class = max(1, args.max_train // len(groups))
-        train_groups = [(files[:per_class], c) for files, c in train_groups]
+    train_groups, test_groups, classes = data_groups(args)
     xtr, ytr, ptr, bad_tr = decode_all(train_groups)
     xte, yte, pte, bad_te = decode_all(test_groups)
     train_set = InMemoryImages(reflect_pad(xtr, args.pad), ytr, classes, paths=ptr)
